@@ -1,0 +1,106 @@
+//! The one `Config` of the server, parsed by clap; every flag has an environment twin
+//! (`--addr` / `YSERVE_ADDR`). Owns defaults and units; knows nothing of what uses them.
+//! Built once in `main` and passed explicitly to `server::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "yserve",
+    version,
+    about = "A durable, y-websocket-compatible Yjs sync server on SQLite"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `yserve` with no subcommand is `yserve serve`.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve Yjs documents over WebSocket (the default).
+    Serve(Config),
+}
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// Survives power loss (SQLite `synchronous=FULL`).
+    Full,
+    /// Survives a process crash (SQLite `synchronous=NORMAL` in WAL mode).
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, env = "YSERVE_ADDR", default_value = "127.0.0.1:1234")]
+    pub addr: SocketAddr,
+
+    /// SQLite database file; created with its folder.
+    #[arg(long, env = "YSERVE_DB", default_value = "./data/yserve.db")]
+    pub db: PathBuf,
+
+    /// Commit durability.
+    #[arg(long, env = "YSERVE_SYNC", value_enum, default_value = "full")]
+    pub sync: SyncMode,
+
+    #[arg(long, env = "YSERVE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Largest WebSocket message accepted; larger ones close the connection with 1009.
+    #[arg(long, env = "YSERVE_MESSAGE_BYTES_MAX", default_value_t = 16 * 1024 * 1024)]
+    pub message_bytes_max: usize,
+
+    /// Bytes waiting to be written to one connection before it is closed with 1013.
+    #[arg(long, env = "YSERVE_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 32 * 1024 * 1024)]
+    pub outbound_queue_bytes_max: usize,
+
+    /// WebSocket read buffer per connection (tungstenite allocates it eagerly).
+    #[arg(long, env = "YSERVE_WS_READ_BUFFER_BYTES", default_value_t = 4096)]
+    pub ws_read_buffer_bytes: usize,
+
+    /// Write a snapshot when this many updates have been logged since the last one.
+    #[arg(long, env = "YSERVE_SNAPSHOT_UPDATES", default_value_t = 1000)]
+    pub snapshot_updates: u64,
+
+    /// ... or when this many bytes of updates have been logged since the last one.
+    #[arg(long, env = "YSERVE_SNAPSHOT_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub snapshot_bytes: u64,
+
+    /// Awareness states not renewed for this long are removed (y-protocols uses 30 s).
+    #[arg(long, env = "YSERVE_AWARENESS_TIMEOUT_MS", default_value_t = 30_000)]
+    pub awareness_timeout_ms: u64,
+
+    /// How long a store transaction waits for a lock held by another SQLite connection
+    /// (an operator's `sqlite3`) before the commit fails.
+    #[arg(long, env = "YSERVE_STORE_BUSY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub store_busy_timeout_ms: u64,
+
+    /// Most store commands (appends, loads) grouped into one transaction.
+    #[arg(long, env = "YSERVE_STORE_BATCH_MAX", default_value_t = 4096)]
+    pub store_batch_max: usize,
+
+    /// Longest time shutdown waits for documents to drain before exiting anyway.
+    #[arg(long, env = "YSERVE_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The clap defaults are the single source of truth.
+        Cli::parse_from(["yserve"]).serve
+    }
+}

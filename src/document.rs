@@ -1,0 +1,501 @@
+//! The document actor: one task per live document, owning its `yrs::Doc` (UTF-16 offsets, as
+//! JavaScript clients count), its awareness table and its connections.
+//!
+//! Sessions talk to it through a `DocHandle` (bounded mailbox); it answers through each
+//! connection's `OutboxSender` and never waits on a connection. The store is reached through
+//! `Store`. The registry created it and is told when it unloads.
+//!
+//! **Persist before relay.** An update is applied to the in-memory doc, the delta of that
+//! transaction is queued to the store, and the relay frame is parked behind the commit's
+//! ticket. Commit acknowledgements arrive in order; each releases the frames parked behind it.
+//! Anything else that reveals document state (SyncStep1's state vector, SyncStep2's diff) is
+//! computed at once but parked behind every commit issued so far, so no connection ever sees
+//! an update that is not committed. If a commit fails, nothing parked is sent: every
+//! connection is closed with 1011 and the in-memory doc is dropped, so the next join reloads
+//! what is actually stored.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, Notify};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
+
+use crate::docname::DocName;
+use crate::outbox::{OutboxSender, SendError};
+use crate::presence::{ConnId, Presence};
+use crate::protocol::{self, close, CloseReason, Inbound};
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// Messages queued for one document; the bound back-pressures sessions, not the actor.
+const MAILBOX_MESSAGES_MAX: usize = 1024;
+
+/// Tunables of every document, from `Config`.
+#[derive(Debug, Clone)]
+pub struct DocSettings {
+    pub snapshot_updates: u64,
+    pub snapshot_bytes: u64,
+    pub awareness_timeout: Duration,
+}
+
+pub enum DocMsg {
+    /// A connection joins; the actor sends it SyncStep1 and the current awareness states.
+    Join {
+        conn: ConnId,
+        outbox: OutboxSender,
+        origin: Arc<str>,
+    },
+    Inbound {
+        conn: ConnId,
+        msg: Inbound,
+    },
+    /// Commit what is pending, close every connection with 1001 and stop.
+    Shutdown,
+}
+
+/// State shared between the actor and its attachments, outside the mailbox so that a
+/// connection can leave from a synchronous `Drop` without waiting.
+#[derive(Debug, Default)]
+pub(crate) struct DocShared {
+    pub(crate) left: Mutex<Vec<ConnId>>,
+    pub(crate) wake: Notify,
+}
+
+#[derive(Clone, Debug)]
+pub struct DocHandle {
+    tx: mpsc::Sender<DocMsg>,
+    pub(crate) shared: Arc<DocShared>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("document actor has stopped")]
+pub struct DocGone;
+
+impl DocHandle {
+    pub async fn send(&self, msg: DocMsg) -> Result<(), DocGone> {
+        self.tx.send(msg).await.map_err(|_| DocGone)
+    }
+}
+
+struct Conn {
+    outbox: OutboxSender,
+    origin: Arc<str>,
+}
+
+/// A frame to send once every commit up to a ticket is durable.
+enum Parked {
+    Broadcast(Bytes),
+    To(ConnId, Bytes),
+}
+
+type CommitAck = futures::future::BoxFuture<'static, (u64, Result<(), StoreError>)>;
+
+/// Why the actor loop ended.
+enum Exit {
+    /// Unloaded or shut down cleanly; the registry entry is already gone.
+    Done,
+    /// Failed; connections must be closed with 1011 and the entry removed.
+    Failed(&'static str),
+}
+
+pub(crate) struct DocActor {
+    name: DocName,
+    generation: u64,
+    registry: Weak<Registry>,
+    store: Store,
+    settings: DocSettings,
+    doc: Doc,
+    presence: Presence,
+    conns: HashMap<ConnId, Conn>,
+    shared: Arc<DocShared>,
+    last_seq: u64,
+    since_snapshot_updates: u64,
+    since_snapshot_bytes: u64,
+    /// Commit tickets: `issued` counts appends sent to the store, `committed` the acked ones.
+    issued: u64,
+    committed: u64,
+    inflight: FuturesOrdered<CommitAck>,
+    parked: VecDeque<(u64, Parked)>,
+    shutting_down: bool,
+}
+
+impl DocActor {
+    /// Spawns the actor; it loads the document before reading its mailbox.
+    pub(crate) fn spawn(
+        name: DocName,
+        generation: u64,
+        registry: Weak<Registry>,
+        store: Store,
+        settings: DocSettings,
+    ) -> DocHandle {
+        let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let shared = Arc::new(DocShared::default());
+        let actor = DocActor {
+            name,
+            generation,
+            registry,
+            store,
+            settings,
+            doc: Doc::with_options(Options {
+                offset_kind: OffsetKind::Utf16,
+                ..Options::default()
+            }),
+            presence: Presence::default(),
+            conns: HashMap::new(),
+            shared: shared.clone(),
+            last_seq: 0,
+            since_snapshot_updates: 0,
+            since_snapshot_bytes: 0,
+            issued: 0,
+            committed: 0,
+            inflight: FuturesOrdered::new(),
+            parked: VecDeque::new(),
+            shutting_down: false,
+        };
+        tokio::spawn(actor.run(rx));
+        DocHandle { tx, shared }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<DocMsg>) {
+        let name = self.name.clone();
+        let generation = self.generation;
+        let registry = self.registry.clone();
+        // A panic inside yrs must not take the process down: the document's connections are
+        // closed (their outbox senders drop, which closes with 1011) and the entry removed.
+        let result = std::panic::AssertUnwindSafe(self.run_inner(&mut rx))
+            .catch_unwind()
+            .await;
+        let failed = match result {
+            Ok(Exit::Done) => false,
+            Ok(Exit::Failed(why)) => {
+                tracing::error!(doc = %name, reason = why, "document closed after a failure");
+                true
+            }
+            Err(_) => {
+                tracing::error!(doc = %name, "document actor panicked; its connections are closed with 1011");
+                true
+            }
+        };
+        if failed {
+            if let Some(registry) = registry.upgrade() {
+                registry.remove(&name, generation);
+            }
+        }
+        // Joins still queued get their outbox dropped, i.e. closed with 1011.
+        rx.close();
+        while rx.try_recv().is_ok() {}
+    }
+
+    async fn run_inner(&mut self, rx: &mut mpsc::Receiver<DocMsg>) -> Exit {
+        if let Err(e) = self.load().await {
+            tracing::error!(doc = %self.name, error = %e, "loading the document failed");
+            return Exit::Failed("load failed");
+        }
+        let mut expiry = tokio::time::interval(self.settings.awareness_timeout / 10);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
+        loop {
+            tokio::select! {
+                Some((ticket, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    if let Err(e) = result {
+                        tracing::error!(doc = %self.name, error = %e, "commit failed");
+                        self.close_all(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
+                        return Exit::Failed("commit failed");
+                    }
+                    self.on_committed(ticket);
+                }
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => return Exit::Failed("mailbox closed"),
+                },
+                _ = shared.wake.notified() => {
+                    // Messages a connection sent before it left are handled before its leave.
+                    while let Ok(msg) = rx.try_recv() {
+                        self.handle(msg).await;
+                    }
+                    self.handle_left();
+                }
+                _ = expiry.tick(), if !self.presence.is_empty() => {
+                    if let Some(removed) = self.presence.expire(Instant::now(), self.settings.awareness_timeout) {
+                        self.broadcast(protocol::encode_awareness(removed));
+                    }
+                }
+            }
+            if self.inflight.is_empty() {
+                if self.shutting_down {
+                    self.close_all(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+                    if let Some(registry) = self.registry.upgrade() {
+                        registry.remove(&self.name, self.generation);
+                    }
+                    return Exit::Done;
+                }
+                if self.conns.is_empty() && self.try_unload() {
+                    return Exit::Done;
+                }
+            }
+        }
+    }
+
+    async fn load(&mut self) -> Result<(), LoadError> {
+        let started = Instant::now();
+        let loaded = self.store.load(self.name.as_arc().clone()).await?;
+        let tail_len = loaded.tail.len();
+        {
+            // One transaction for the snapshot and the whole tail: far cheaper than one each.
+            let mut txn = self.doc.transact_mut();
+            if let Some((_, data)) = &loaded.snapshot {
+                txn.apply_update(Update::decode_v1(data)?)?;
+            }
+            for (_, data) in &loaded.tail {
+                self.since_snapshot_bytes += data.len() as u64;
+                txn.apply_update(Update::decode_v1(data)?)?;
+            }
+        }
+        self.last_seq = loaded.last_seq;
+        self.since_snapshot_updates = tail_len as u64;
+        tracing::debug!(
+            doc = %self.name,
+            seq = self.last_seq,
+            snapshot = loaded.snapshot.map(|(s, _)| s),
+            tail = tail_len,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "document loaded"
+        );
+        Ok(())
+    }
+
+    async fn handle(&mut self, msg: DocMsg) {
+        match msg {
+            DocMsg::Join {
+                conn,
+                outbox,
+                origin,
+            } => {
+                if self.shutting_down {
+                    outbox.close(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+                    return;
+                }
+                self.conns.insert(conn, Conn { outbox, origin });
+                // As the y-websocket server: SyncStep1 first, then who is here.
+                let step1 = protocol::encode_sync_step1(&self.doc.transact().state_vector());
+                self.park(Parked::To(conn, step1));
+                if let Some(states) = self.presence.current() {
+                    self.park(Parked::To(conn, protocol::encode_awareness(states)));
+                }
+            }
+            DocMsg::Inbound { conn, msg } => self.handle_inbound(conn, msg).await,
+            DocMsg::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    async fn handle_inbound(&mut self, conn: ConnId, msg: Inbound) {
+        match msg {
+            Inbound::SyncStep1(sv) => {
+                if self.conns.contains_key(&conn) {
+                    let diff = self.doc.transact().encode_state_as_update_v1(&sv);
+                    self.park(Parked::To(conn, protocol::encode_sync_step2(diff)));
+                }
+            }
+            Inbound::SyncStep2(update) | Inbound::Update(update) => {
+                if self.shutting_down {
+                    // Not applied, so not lost: the client re-sends it when it reconnects.
+                    return;
+                }
+                // Updates of a connection that already left are still applied: edits are
+                // never dropped for want of a reply address.
+                let origin = match self.conns.get(&conn) {
+                    Some(c) => c.origin.clone(),
+                    None => Arc::from("anonymous"),
+                };
+                self.apply_update(conn, update, origin).await;
+            }
+            Inbound::Awareness(update) => {
+                if !self.conns.contains_key(&conn) {
+                    return; // would be owned by a connection that is gone
+                }
+                if let Some(accepted) = self.presence.apply(conn, update, Instant::now()) {
+                    self.broadcast(protocol::encode_awareness(accepted));
+                }
+            }
+            Inbound::QueryAwareness => {
+                if let Some(states) = self.presence.current() {
+                    self.send_to(conn, protocol::encode_awareness(states));
+                }
+            }
+            Inbound::Auth | Inbound::Unknown(_) => {}
+        }
+    }
+
+    async fn apply_update(&mut self, conn: ConnId, update: Update, origin: Arc<str>) {
+        let delta = {
+            let mut txn = self.doc.transact_mut();
+            if let Err(e) = txn.apply_update(update) {
+                tracing::warn!(conn, doc = %self.name, error = %e, "update refused: it does not apply");
+                drop(txn);
+                if let Some(c) = self.conns.get(&conn) {
+                    c.outbox.close(CloseReason::new(
+                        close::INVALID_PAYLOAD,
+                        "update does not apply",
+                    ));
+                }
+                self.remove_conn(conn);
+                return;
+            }
+            // Only what this transaction changed is stored and relayed: a reconnecting client's
+            // SyncStep2 repeats much the server already has, and that part is not news.
+            if !txn.has_changes() {
+                return;
+            }
+            txn.encode_update_v1()
+        };
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        self.since_snapshot_updates += 1;
+        self.since_snapshot_bytes += delta.len() as u64;
+        let relay = protocol::encode_update(delta.clone());
+        let ack = match self
+            .store
+            .append(self.name.as_arc().clone(), seq, delta, origin)
+            .await
+        {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::error!(doc = %self.name, error = %e, "store unavailable");
+                self.inflight
+                    .push_back(futures::future::ready((u64::MAX, Err(e))).boxed());
+                return;
+            }
+        };
+        self.issued += 1;
+        let ticket = self.issued;
+        self.inflight.push_back(
+            async move {
+                let result = ack.await.unwrap_or(Err(StoreError::Closed));
+                (ticket, result)
+            }
+            .boxed(),
+        );
+        self.parked.push_back((ticket, Parked::Broadcast(relay)));
+        if self.since_snapshot_updates >= self.settings.snapshot_updates
+            || self.since_snapshot_bytes >= self.settings.snapshot_bytes
+        {
+            self.write_snapshot(seq).await;
+        }
+    }
+
+    /// The doc now holds exactly updates 1..=seq, so its full state is the snapshot at `seq`.
+    /// It is queued after the append of `seq`, so it commits with or after it.
+    async fn write_snapshot(&mut self, seq: u64) {
+        let data = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let bytes = data.len();
+        if let Err(e) = self
+            .store
+            .snapshot(self.name.as_arc().clone(), seq, data)
+            .await
+        {
+            tracing::error!(doc = %self.name, error = %e, "snapshot not queued");
+            return;
+        }
+        tracing::debug!(doc = %self.name, seq, bytes, "snapshot queued");
+        self.since_snapshot_updates = 0;
+        self.since_snapshot_bytes = 0;
+    }
+
+    /// Sends a frame once everything issued so far is committed (at once if nothing is).
+    fn park(&mut self, frame: Parked) {
+        if self.committed == self.issued {
+            self.deliver(frame);
+        } else {
+            self.parked.push_back((self.issued, frame));
+        }
+    }
+
+    fn on_committed(&mut self, ticket: u64) {
+        self.committed = ticket;
+        while self.parked.front().is_some_and(|(t, _)| *t <= ticket) {
+            let (_, frame) = self.parked.pop_front().expect("front checked");
+            self.deliver(frame);
+        }
+    }
+
+    fn deliver(&mut self, frame: Parked) {
+        match frame {
+            Parked::Broadcast(bytes) => self.broadcast(bytes),
+            Parked::To(conn, bytes) => self.send_to(conn, bytes),
+        }
+    }
+
+    /// Sends to every connection, the sender included (y-websocket relays to all).
+    fn broadcast(&mut self, frame: Bytes) {
+        let failed: Vec<(ConnId, SendError)> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| c.outbox.send(frame.clone()).err().map(|e| (*id, e)))
+            .collect();
+        for (conn, error) in failed {
+            self.send_failed(conn, error);
+        }
+    }
+
+    fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+        if let Some(Err(e)) = self.conns.get(&conn).map(|c| c.outbox.send(frame)) {
+            self.send_failed(conn, e);
+        }
+    }
+
+    fn send_failed(&mut self, conn: ConnId, error: SendError) {
+        if error == SendError::Overflow {
+            tracing::warn!(conn, doc = %self.name, "refused: slow consumer, outbound queue full (1013)");
+        }
+        self.remove_conn(conn);
+    }
+
+    fn remove_conn(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        if let Some(removed) = self.presence.remove_connection(conn, Instant::now()) {
+            self.broadcast(protocol::encode_awareness(removed));
+        }
+    }
+
+    fn handle_left(&mut self) {
+        let left = std::mem::take(&mut *self.shared.left.lock().expect("left lock poisoned"));
+        for conn in left {
+            self.remove_conn(conn);
+        }
+    }
+
+    fn close_all(&mut self, reason: CloseReason) {
+        for (_, c) in self.conns.drain() {
+            c.outbox.close(reason.clone());
+        }
+    }
+
+    fn try_unload(&mut self) -> bool {
+        let Some(registry) = self.registry.upgrade() else {
+            return true;
+        };
+        let unloaded = registry.try_unload(&self.name, self.generation);
+        if unloaded {
+            tracing::debug!(doc = %self.name, seq = self.last_seq, "document unloaded");
+        }
+        unloaded
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored update does not decode: {0}")]
+    Decode(#[from] yrs::encoding::read::Error),
+    #[error("stored update does not apply: {0}")]
+    Apply(#[from] yrs::error::UpdateError),
+}

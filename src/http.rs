@@ -1,0 +1,160 @@
+//! HTTP routes and the WebSocket upgrade. The only module that knows warp.
+//!
+//! Document connections are upgraded here rather than with `warp::ws()`: warp builds its
+//! tokio-tungstenite stream with the default 128 KiB read buffer per connection and offers no
+//! way to change it, so this module answers the handshake itself (RFC 6455 §4.2.2), takes
+//! hyper's `OnUpgrade` from the request and builds the stream with our `WebSocketConfig`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use warp::http::{header, HeaderMap, Response, StatusCode};
+use warp::hyper::body::Bytes;
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::Config;
+use crate::docname::DocName;
+use crate::registry::Registry;
+use crate::session::{self, SessionParams};
+
+/// What the routes share.
+pub struct AppState {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    next_conn: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(config: Config, registry: Arc<Registry>) -> Arc<AppState> {
+        Arc::new(AppState {
+            config,
+            registry,
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        let max = self.config.message_bytes_max;
+        WebSocketConfig::default()
+            .read_buffer_size(self.config.ws_read_buffer_bytes)
+            // 0: write each message straight through instead of gathering 128 KiB first.
+            .write_buffer_size(0)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+}
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
+    let doc_ws = warp::get()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(with_state(state))
+        .and_then(
+            |path: warp::path::FullPath,
+             headers: HeaderMap,
+             on_upgrade: Option<OnUpgrade>,
+             state| async move {
+                if path.as_str().starts_with("/api/") || !is_websocket_upgrade(&headers) {
+                    return Err(warp::reject::not_found());
+                }
+                Ok(upgrade_document(path.as_str(), &headers, on_upgrade, state))
+            },
+        );
+    healthz.or(doc_ws)
+}
+
+fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+fn plain(status: StatusCode, reason: &str) -> Response<warp::hyper::body::Bytes> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Bytes::from(format!("{reason}\n")))
+        .expect("static response")
+}
+
+fn upgrade_document(
+    path: &str,
+    headers: &HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+    state: Arc<AppState>,
+) -> Response<Bytes> {
+    let doc = match DocName::from_url_path(path) {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::warn!(path, error = %e, "refused upgrade: invalid document name (400)");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid document name: {e}"),
+            );
+        }
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "unsupported websocket version (need 13)",
+        );
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return plain(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return plain(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let ws_config = state.ws_config();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(conn, error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        let params = SessionParams {
+            conn,
+            doc,
+            origin: Arc::from("anonymous"),
+            outbound_queue_bytes_max: state.config.outbound_queue_bytes_max,
+        };
+        session::run(ws, state.registry.clone(), params).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Bytes::new())
+        .expect("static response")
+}

@@ -1,0 +1,14 @@
+//! yserve: a durable, y-websocket-compatible Yjs sync server on SQLite.
+//! See ARCHITECTURE.md for the code map and invariants.
+
+pub mod config;
+pub mod docname;
+pub mod document;
+pub mod http;
+pub mod outbox;
+pub mod presence;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod store;

@@ -1,0 +1,30 @@
+//! The `yserve` binary: parses the command line, sets up logging, runs the subcommand.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use yserve::config::{Cli, Command, Config, LogFormat};
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_env("YSERVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries the `listening on` line.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = match cli.command {
+        Some(Command::Serve(config)) => config,
+        None => cli.serve,
+    };
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(yserve::server::run(config, yserve::server::signal()))
+}

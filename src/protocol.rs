@@ -1,0 +1,213 @@
+//! The y-websocket wire protocol, sans IO: decoding one inbound binary frame into a typed
+//! message, encoding outbound messages, and the close codes this server uses.
+//!
+//! The encodings come from `yrs::sync` (the y-protocols messages); this module only decides
+//! which frames are acceptable. It does no IO and holds no state, so it is unit-tested and
+//! fuzzed on bytes. Called by `session` (decode) and `document` (encode).
+
+use bytes::Bytes;
+use yrs::encoding::read::{Cursor, Read};
+use yrs::sync::protocol::{MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC};
+use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{StateVector, Update};
+
+/// WebSocket close codes (RFC 6455 §7.4.1 plus the application range SPEC §4/§8 uses).
+pub mod close {
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A text frame on a Yjs connection.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A binary frame that is not a valid y-protocols message.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Refused by policy (hostile update, rate limit, identity).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// Message larger than `message_bytes_max`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server failed (a commit failed, a document crashed).
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The connection's outbound queue overflowed: a consumer too slow to keep up.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// A close code with a short, stable reason sent to the client and logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseReason {
+    pub const fn new(code: u16, reason: &'static str) -> Self {
+        CloseReason { code, reason }
+    }
+}
+
+/// One decoded inbound message.
+#[derive(Debug)]
+pub enum Inbound {
+    SyncStep1(StateVector),
+    /// SyncStep2 and Update carry the same thing: an update to merge.
+    SyncStep2(Update),
+    Update(Update),
+    Awareness(AwarenessUpdate),
+    QueryAwareness,
+    /// y-protocols auth messages are server → client only; a client sending one is ignored.
+    Auth,
+    /// A message type this server does not know; ignored as SPEC §2 says.
+    Unknown(u64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty frame")]
+    Empty,
+    #[error("malformed {what}: {source}")]
+    Malformed {
+        what: &'static str,
+        source: yrs::encoding::read::Error,
+    },
+    #[error("unknown sync message type {0}")]
+    UnknownSyncType(u64),
+}
+
+impl DecodeError {
+    pub fn close_reason(&self) -> CloseReason {
+        CloseReason::new(close::INVALID_PAYLOAD, "malformed message")
+    }
+}
+
+fn malformed(what: &'static str) -> impl FnOnce(yrs::encoding::read::Error) -> DecodeError {
+    move |source| DecodeError::Malformed { what, source }
+}
+
+/// Decodes one frame. The stock client sends exactly one message per frame; as the
+/// y-websocket server does, anything after the first message is ignored.
+pub fn decode_frame(frame: &[u8]) -> Result<Inbound, DecodeError> {
+    if frame.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let mut decoder = DecoderV1::new(Cursor::new(frame));
+    let tag: u64 = decoder.read_var().map_err(malformed("message type"))?;
+    // The tag is read here rather than by `Message::decode` so that an unknown type with
+    // an arbitrary body is ignored instead of failing to parse as a length-prefixed buffer.
+    match tag {
+        t if t == MSG_SYNC as u64 => {
+            let sub: u64 = decoder.read_var().map_err(malformed("sync message type"))?;
+            match sub {
+                0 => {
+                    let buf = decoder.read_buf().map_err(malformed("state vector"))?;
+                    let sv = StateVector::decode_v1(buf).map_err(malformed("state vector"))?;
+                    Ok(Inbound::SyncStep1(sv))
+                }
+                1 | 2 => {
+                    let buf = decoder.read_buf().map_err(malformed("update"))?;
+                    let update = Update::decode_v1(buf).map_err(malformed("update"))?;
+                    Ok(if sub == 1 {
+                        Inbound::SyncStep2(update)
+                    } else {
+                        Inbound::Update(update)
+                    })
+                }
+                other => Err(DecodeError::UnknownSyncType(other)),
+            }
+        }
+        t if t == MSG_AWARENESS as u64 => {
+            let buf = decoder.read_buf().map_err(malformed("awareness"))?;
+            let update = AwarenessUpdate::decode_v1(buf).map_err(malformed("awareness"))?;
+            Ok(Inbound::Awareness(update))
+        }
+        t if t == MSG_AUTH as u64 => Ok(Inbound::Auth),
+        t if t == MSG_QUERY_AWARENESS as u64 => Ok(Inbound::QueryAwareness),
+        other => Ok(Inbound::Unknown(other)),
+    }
+}
+
+pub fn encode_sync_step1(sv: &StateVector) -> Bytes {
+    Message::Sync(SyncMessage::SyncStep1(sv.clone()))
+        .encode_v1()
+        .into()
+}
+
+pub fn encode_sync_step2(update: Vec<u8>) -> Bytes {
+    Message::Sync(SyncMessage::SyncStep2(update))
+        .encode_v1()
+        .into()
+}
+
+pub fn encode_update(update: Vec<u8>) -> Bytes {
+    Message::Sync(SyncMessage::Update(update))
+        .encode_v1()
+        .into()
+}
+
+pub fn encode_awareness(update: AwarenessUpdate) -> Bytes {
+    Message::Awareness(update).encode_v1().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Doc, GetString, Text, Transact};
+
+    fn text_update(s: &str) -> Vec<u8> {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, s);
+        txn.encode_update_v1()
+    }
+
+    #[test]
+    fn update_round_trips() {
+        let frame = encode_update(text_update("hi"));
+        let Inbound::Update(update) = decode_frame(&frame).unwrap() else {
+            panic!("not an update")
+        };
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        doc.transact_mut().apply_update(update).unwrap();
+        assert_eq!(text.get_string(&doc.transact()), "hi");
+    }
+
+    #[test]
+    fn sync_step1_round_trips() {
+        let sv = StateVector::default();
+        assert!(
+            matches!(decode_frame(&encode_sync_step1(&sv)).unwrap(), Inbound::SyncStep1(s) if s == sv)
+        );
+    }
+
+    #[test]
+    fn unknown_message_type_is_ignored_whatever_its_body() {
+        assert!(matches!(
+            decode_frame(&[7, 0xff, 0xff]).unwrap(),
+            Inbound::Unknown(7)
+        ));
+        assert!(matches!(
+            decode_frame(&[100]).unwrap(),
+            Inbound::Unknown(100)
+        ));
+    }
+
+    #[test]
+    fn truncated_update_is_malformed() {
+        let frame = encode_update(text_update("hello world"));
+        for cut in 1..frame.len() {
+            assert!(
+                decode_frame(&frame[..cut]).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_frame_and_unknown_sync_type_are_malformed() {
+        assert!(matches!(decode_frame(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(
+            decode_frame(&[0, 9, 0]),
+            Err(DecodeError::UnknownSyncType(9))
+        ));
+    }
+}

@@ -1,0 +1,85 @@
+//! Wiring and lifecycle: opens the store, builds the registry and routes, binds, prints the
+//! `listening on` line, and runs the shutdown sequence. Called by `main` (and by anything
+//! that wants the server in-process).
+//!
+//! Shutdown order matters for durability: stop accepting, let every document commit what it
+//! has and close its sockets with 1001, then close the store (which commits everything queued
+//! before the close), then return.
+
+use std::future::Future;
+use std::io::Write;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::document::DocSettings;
+use crate::http::{self, AppState};
+use crate::registry::Registry;
+use crate::store::Store;
+
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config)?;
+    let settings = DocSettings {
+        snapshot_updates: config.snapshot_updates.max(1),
+        snapshot_bytes: config.snapshot_bytes.max(1),
+        awareness_timeout: Duration::from_millis(config.awareness_timeout_ms.max(10)),
+    };
+    let registry = Registry::new(store.clone(), settings);
+    let listener = TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(db = %config.db.display(), sync = ?config.sync, "database open");
+    let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    let state = AppState::new(config, registry.clone());
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = warp::serve(http::routes(state))
+        .incoming(listener)
+        .graceful(async move {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server.run());
+
+    // Tests and scripts wait for this exact line (SPEC §1).
+    println!("listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, "listening");
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; committing and closing documents");
+    let _ = stop_tx.send(());
+    let left = registry.shutdown(shutdown_timeout).await;
+    if left > 0 {
+        tracing::warn!(documents = left, "documents still live at shutdown timeout");
+    }
+    store.close().await;
+    // Plain HTTP connections get the rest of the grace period; upgraded ones are closed.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,137 @@
+//! One WebSocket connection to a document: reads frames, decodes them with `protocol`,
+//! forwards them to the document actor, and writes what the actor queues in its outbox.
+//!
+//! One task per connection, reading and writing in one `select!` (no split halves, no second
+//! task: less memory per idle connection). Refusals close the connection with a precise code
+//! and are logged with the connection id and document; the document is not involved.
+//! Called by `http` after the upgrade; knows nothing of warp.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::docname::DocName;
+use crate::document::DocMsg;
+use crate::outbox::{outbox, Next};
+use crate::presence::ConnId;
+use crate::protocol::{self, close, CloseReason, Inbound};
+use crate::registry::Registry;
+
+/// How long to wait for the peer's close frame after sending ours.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct SessionParams {
+    pub conn: ConnId,
+    pub doc: DocName,
+    /// Who writes through this connection (the `origin` column of the log).
+    pub origin: Arc<str>,
+    pub outbound_queue_bytes_max: usize,
+}
+
+pub async fn run<S>(mut ws: WebSocketStream<S>, registry: Arc<Registry>, params: SessionParams)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let SessionParams {
+        conn,
+        doc,
+        origin,
+        outbound_queue_bytes_max,
+    } = params;
+    let attachment = match registry.attach(&doc, conn) {
+        Ok(a) => a,
+        Err(_) => {
+            close_with(
+                &mut ws,
+                CloseReason::new(close::GOING_AWAY, "server shutting down"),
+            )
+            .await;
+            return;
+        }
+    };
+    tracing::debug!(conn, doc = %doc, "connection opened");
+    let (sender, outbox) = outbox(outbound_queue_bytes_max);
+    let join = DocMsg::Join {
+        conn,
+        outbox: sender,
+        origin,
+    };
+    let mut refusal = attachment.handle.send(join).await.err().map(|_| gone());
+
+    while refusal.is_none() {
+        tokio::select! {
+            next = outbox.next() => match next {
+                Next::Frame(frame) => {
+                    if ws.send(Message::Binary(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                Next::Close(reason) => refusal = Some(reason),
+            },
+            msg = ws.next() => match msg {
+                None => break,
+                Some(Ok(Message::Binary(frame))) => match protocol::decode_frame(&frame) {
+                    Ok(Inbound::Auth | Inbound::Unknown(_)) => {}
+                    Ok(msg) => {
+                        if attachment.handle.send(DocMsg::Inbound { conn, msg }).await.is_err() {
+                            refusal = Some(gone());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(conn, doc = %doc, error = %e, bytes = frame.len(), "refused: malformed message (1007)");
+                        refusal = Some(e.close_reason());
+                    }
+                },
+                Some(Ok(Message::Text(_))) => {
+                    tracing::warn!(conn, doc = %doc, "refused: text frame on a Yjs connection (1003)");
+                    refusal = Some(CloseReason::new(close::UNSUPPORTED_DATA, "text frames are not supported"));
+                }
+                // tungstenite answers pings and close frames itself while we keep reading.
+                Some(Ok(_)) => {}
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    tracing::warn!(conn, doc = %doc, size, max_size, "refused: message too big (1009)");
+                    refusal = Some(CloseReason::new(close::MESSAGE_TOO_BIG, "message too big"));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(conn, doc = %doc, error = %e, "connection error");
+                    break;
+                }
+            },
+        }
+    }
+    // Whatever ends the session, the actor stops queueing for it; dropping the attachment
+    // tells the actor the connection left (its awareness states are removed).
+    outbox.close(CloseReason::new(close::GOING_AWAY, "connection ended"));
+    drop(attachment);
+    if let Some(reason) = refusal {
+        close_with(&mut ws, reason).await;
+    }
+    tracing::debug!(conn, doc = %doc, "connection closed");
+}
+
+fn gone() -> CloseReason {
+    CloseReason::new(close::INTERNAL_ERROR, "document unavailable")
+}
+
+/// Sends a close frame and waits (bounded) for the peer's, so the code reaches the client.
+async fn close_with<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(reason.code),
+        reason: reason.reason.into(),
+    };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+}
