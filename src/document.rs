@@ -261,7 +261,7 @@ impl DocActor {
         tracing::debug!(
             doc = %self.name,
             seq = self.last_seq,
-            snapshot = loaded.snapshot.map(|(s, _)| s),
+            snapshot = ?loaded.snapshot.as_ref().map(|(s, _)| *s),
             tail = tail_len,
             elapsed_us = started.elapsed().as_micros() as u64,
             "document loaded"
@@ -355,6 +355,7 @@ impl DocActor {
         };
         self.last_seq += 1;
         let seq = self.last_seq;
+        tracing::trace!(conn, doc = %self.name, seq, bytes = delta.len(), "update applied");
         self.since_snapshot_updates += 1;
         self.since_snapshot_bytes += delta.len() as u64;
         let relay = protocol::encode_update(delta.clone());

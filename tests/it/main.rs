@@ -1,0 +1,10 @@
+//! Integration tests: the real binary on port 0 with a temporary database, driven by yrs
+//! clients over real WebSockets.
+
+mod support;
+
+mod awareness;
+mod durability;
+mod property;
+mod refusals;
+mod sync;
