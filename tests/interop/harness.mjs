@@ -9,6 +9,9 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
 
+// Every WebsocketProvider adds a process 'exit' listener; the 50-room test has 200 of them.
+process.setMaxListeners(1000)
+
 const here = dirname(fileURLToPath(import.meta.url))
 const root = join(here, '..', '..')
 
@@ -87,8 +90,85 @@ export function client (server, room, opts = {}) {
   return { doc, provider, text: doc.getText('t'), awareness: provider.awareness }
 }
 
+/** Destroys the provider and the doc (the doc owns the awareness, whose timer keeps node alive). */
+export function destroyClient (c) {
+  c.provider.destroy()
+  c.doc.destroy()
+}
+
 export function destroyAll (...clients) {
-  for (const c of clients) c.provider.destroy()
+  for (const c of clients) destroyClient(c)
+}
+
+/** Remembers every client it creates so that a test can destroy them all in `finally`. */
+export class Clients {
+  constructor () { this.all = [] }
+  add (server, room, opts) {
+    const c = client(server, room, opts)
+    this.all.push(c)
+    return c
+  }
+
+  destroyAll () {
+    for (const c of this.all.splice(0)) destroyClient(c)
+  }
+}
+
+/** The `net.Socket` under a connected provider (`WebsocketProvider.ws` is a `ws` WebSocket). */
+export function underlyingSocket (c) {
+  const socket = c.provider.ws?._socket
+  if (!socket) throw new Error('provider has no open socket')
+  return socket
+}
+
+/**
+ * Drops a provider's TCP connection without a close frame and keeps it from reconnecting:
+ * `destroy()` ends the TCP stream (FIN), `{ reset: true }` aborts it (RST).
+ */
+export function dropConnection (c, { reset = false } = {}) {
+  const socket = underlyingSocket(c)
+  c.provider.shouldConnect = false
+  if (reset) socket.resetAndDestroy()
+  else socket.destroy()
+}
+
+/** Records a provider's `status` and `connection-close` events from now on. */
+export function watchConnection (provider) {
+  const log = { statuses: [], closes: 0, ws: provider.ws }
+  provider.on('status', e => log.statuses.push(e.status))
+  provider.on('connection-close', () => { log.closes++ })
+  return log
+}
+
+/**
+ * A raw `ws` WebSocket on `path` (already URL-encoded, e.g. `/a%0Ab`). Resolves when open
+ * with `{ ws, messages, closed }`: `messages` collects binary frames as Uint8Array, `closed`
+ * resolves with `{ code, reason }`. Rejects with `{ status, body }` if the upgrade is refused.
+ */
+export function rawSocket (server, path) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(server.url + path)
+    const messages = []
+    const closed = new Promise(resolve => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+    ws.on('message', data => messages.push(new Uint8Array(data)))
+    ws.on('open', () => resolve({ ws, messages, closed }))
+    ws.on('error', reject)
+    ws.on('unexpected-response', (req, res) => {
+      let body = ''
+      res.on('data', d => { body += d })
+      res.on('end', () => {
+        req.destroy()
+        reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode, body }))
+      })
+    })
+  })
+}
+
+/** Resolves `{ ms, value }` with the time `fn` took. */
+export async function timed (fn) {
+  const start = Date.now()
+  const value = await fn()
+  return { ms: Date.now() - start, value }
 }
 
 /** Polls `cond` until it is truthy or `ms` pass; throws with `what` on timeout. */
@@ -101,6 +181,6 @@ export async function waitFor (cond, what = 'condition', ms = 10000) {
   throw new Error(`timed out waiting for ${what}`)
 }
 
-export const synced = c => waitFor(() => c.provider.synced, 'provider synced')
+export const synced = (c, ms) => waitFor(() => c.provider.synced, `provider ${c.provider.roomname} synced`, ms)
 
 export { Y, WebsocketProvider, WebSocket }
