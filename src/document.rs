@@ -14,7 +14,7 @@
 //! connection is closed with 1011 and the in-memory doc is dropped, so the next join reloads
 //! what is actually stored.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 use crate::docname::DocName;
 use crate::outbox::{OutboxSender, SendError};
 use crate::presence::{ConnId, Presence};
-use crate::protocol::{self, close, CloseReason, Inbound};
+use crate::protocol::{self, close, Checked, CloseReason, Inbound};
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
@@ -85,6 +85,9 @@ impl DocHandle {
 struct Conn {
     outbox: OutboxSender,
     origin: Arc<str>,
+    /// Client ids this connection has shown it speaks for: announced in its awareness or
+    /// written with items. Only these may extend a known client's clocks with GC ranges.
+    own: HashSet<u64>,
 }
 
 /// A frame to send once every commit up to a ticket is durable.
@@ -280,7 +283,14 @@ impl DocActor {
                     outbox.close(CloseReason::new(close::GOING_AWAY, "server shutting down"));
                     return;
                 }
-                self.conns.insert(conn, Conn { outbox, origin });
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        outbox,
+                        origin,
+                        own: HashSet::new(),
+                    },
+                );
                 // As the y-websocket server: SyncStep1 first, then who is here.
                 let step1 = protocol::encode_sync_step1(&self.doc.transact().state_vector());
                 self.park(Parked::To(conn, step1));
@@ -318,6 +328,9 @@ impl DocActor {
                 if !self.conns.contains_key(&conn) {
                     return; // would be owned by a connection that is gone
                 }
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.own.extend(update.clients.keys().map(|id| id.get()));
+                }
                 if let Some(accepted) = self.presence.apply(conn, update, Instant::now()) {
                     self.broadcast(protocol::encode_awareness(accepted));
                 }
@@ -331,27 +344,58 @@ impl DocActor {
         }
     }
 
-    async fn apply_update(&mut self, conn: ConnId, update: Update, origin: Arc<str>) {
-        let delta = {
-            let mut txn = self.doc.transact_mut();
-            if let Err(e) = txn.apply_update(update) {
-                tracing::warn!(conn, doc = %self.name, error = %e, "update refused: it does not apply");
-                drop(txn);
-                if let Some(c) = self.conns.get(&conn) {
-                    c.outbox.close(CloseReason::new(
-                        close::INVALID_PAYLOAD,
-                        "update does not apply",
-                    ));
-                }
-                self.remove_conn(conn);
+    async fn apply_update(&mut self, conn: ConnId, checked: Checked, origin: Arc<str>) {
+        let Checked { update, summary } = checked;
+        if let Some(client) = self.squatted_client(conn, &summary) {
+            tracing::warn!(conn, doc = %self.name, client, "refused: GC range over another client's clocks (1008)");
+            self.refuse(
+                conn,
+                CloseReason::new(close::POLICY_VIOLATION, "client-id squatting"),
+            );
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.own.extend(
+                summary
+                    .runs
+                    .iter()
+                    .filter(|r| r.has_items)
+                    .map(|r| r.client),
+            );
+        }
+        // Some updates apply cleanly and leave the doc so that encoding panics (an item whose
+        // parent cannot be resolved, y-crdt#391). Encoding the transaction's delta touches
+        // every new block, so it trips on them here, inside `catch_unwind`, before anything
+        // is stored or relayed. The doc is then poisoned and rebuilt from the store.
+        let doc = &self.doc;
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update)?;
+            // Only what this transaction changed is stored and relayed: a reconnecting
+            // client's SyncStep2 repeats much the server already has, and that is not news.
+            Ok::<_, yrs::error::UpdateError>(txn.has_changes().then(|| txn.encode_update_v1()))
+        }));
+        let delta = match applied {
+            Ok(Ok(Some(delta))) => delta,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(conn, doc = %self.name, error = %e, "refused: update does not apply (1007)");
+                self.refuse(
+                    conn,
+                    CloseReason::new(close::INVALID_PAYLOAD, "update does not apply"),
+                );
+                self.rebuild().await;
                 return;
             }
-            // Only what this transaction changed is stored and relayed: a reconnecting client's
-            // SyncStep2 repeats much the server already has, and that part is not news.
-            if !txn.has_changes() {
+            Err(_) => {
+                tracing::warn!(conn, doc = %self.name, "refused: update breaks the document (1008); rebuilding it from the store");
+                self.refuse(
+                    conn,
+                    CloseReason::new(close::POLICY_VIOLATION, "update breaks the document"),
+                );
+                self.rebuild().await;
                 return;
             }
-            txn.encode_update_v1()
         };
         self.last_seq += 1;
         let seq = self.last_seq;
@@ -386,6 +430,49 @@ impl DocActor {
             || self.since_snapshot_bytes >= self.settings.snapshot_bytes
         {
             self.write_snapshot(seq).await;
+        }
+    }
+
+    /// A GC range beyond the document's clock for a client the document already knows, sent
+    /// by a connection that never spoke for that client, would make that client's next edits
+    /// look already-known and vanish. A client's own offline edits, deleted and collected
+    /// before sync, are still accepted: its awareness or items name it first.
+    fn squatted_client(&self, conn: ConnId, summary: &crate::validate::Summary) -> Option<u64> {
+        let own = self.conns.get(&conn).map(|c| &c.own);
+        let sv = self.doc.transact().state_vector();
+        summary.runs.iter().find_map(|run| {
+            let known = sv.get(&yrs::ClientID::new(run.client));
+            let extends = run.gc.iter().any(|&(_, end)| end > known);
+            let speaks_for = run.has_items || own.is_some_and(|o| o.contains(&run.client));
+            (known > 0 && extends && !speaks_for).then_some(run.client)
+        })
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.outbox.close(reason);
+        }
+        self.remove_conn(conn);
+    }
+
+    /// Replaces a doc that yrs may have left inconsistent with the stored state: waits for
+    /// every queued commit (delivering what they release), then loads from the store.
+    async fn rebuild(&mut self) {
+        while let Some((ticket, result)) = self.inflight.next().await {
+            if result.is_err() {
+                // The main loop sees the failure on its next commit check; keep the doc.
+                return;
+            }
+            self.on_committed(ticket);
+        }
+        self.doc = Doc::with_options(Options {
+            offset_kind: OffsetKind::Utf16,
+            ..Options::default()
+        });
+        self.since_snapshot_bytes = 0;
+        if let Err(e) = self.load().await {
+            tracing::error!(doc = %self.name, error = %e, "rebuilding the document failed");
+            self.close_all(CloseReason::new(close::INTERNAL_ERROR, "document failed"));
         }
     }
 

@@ -20,12 +20,13 @@ use warp::{Filter, Rejection, Reply};
 use crate::config::Config;
 use crate::docname::DocName;
 use crate::registry::Registry;
-use crate::session::{self, SessionParams};
+use crate::session::{self, SessionParams, Sessions};
 
 /// What the routes share.
 pub struct AppState {
     pub config: Config,
     pub registry: Arc<Registry>,
+    pub sessions: Arc<Sessions>,
     next_conn: AtomicU64,
 }
 
@@ -34,6 +35,7 @@ impl AppState {
         Arc::new(AppState {
             config,
             registry,
+            sessions: Arc::default(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -131,7 +133,9 @@ fn upgrade_document(
     let accept = derive_accept_key(key.as_bytes());
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let ws_config = state.ws_config();
+    let guard = state.sessions.enter();
     tokio::spawn(async move {
+        let _guard = guard;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {

@@ -12,3 +12,4 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod validate;

@@ -13,6 +13,8 @@ use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{StateVector, Update};
 
+use crate::validate::{inspect_update_v1, Hostile, Limits, Summary};
+
 /// WebSocket close codes (RFC 6455 §7.4.1 plus the application range SPEC §4/§8 uses).
 pub mod close {
     /// Server shutting down.
@@ -48,9 +50,9 @@ impl CloseReason {
 #[derive(Debug)]
 pub enum Inbound {
     SyncStep1(StateVector),
-    /// SyncStep2 and Update carry the same thing: an update to merge.
-    SyncStep2(Update),
-    Update(Update),
+    /// SyncStep2 and Update carry the same thing: an update to merge, validated.
+    SyncStep2(Checked),
+    Update(Checked),
     Awareness(AwarenessUpdate),
     QueryAwareness,
     /// y-protocols auth messages are server → client only; a client sending one is ignored.
@@ -59,10 +61,27 @@ pub enum Inbound {
     Unknown(u64),
 }
 
+/// An update that passed `validate` and then decoded in yrs, with the validator's summary.
+#[derive(Debug)]
+pub struct Checked {
+    pub update: Update,
+    pub summary: Summary,
+}
+
+impl std::ops::Deref for Checked {
+    type Target = Update;
+
+    fn deref(&self) -> &Update {
+        &self.update
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("empty frame")]
     Empty,
+    #[error("hostile update: {0}")]
+    Hostile(Hostile),
     #[error("malformed {what}: {source}")]
     Malformed {
         what: &'static str,
@@ -70,11 +89,16 @@ pub enum DecodeError {
     },
     #[error("unknown sync message type {0}")]
     UnknownSyncType(u64),
+    #[error("invalid update: {0}")]
+    Invalid(Hostile),
 }
 
 impl DecodeError {
     pub fn close_reason(&self) -> CloseReason {
-        CloseReason::new(close::INVALID_PAYLOAD, "malformed message")
+        match self {
+            DecodeError::Hostile(h) => CloseReason::new(close::POLICY_VIOLATION, h.reason()),
+            _ => CloseReason::new(close::INVALID_PAYLOAD, "malformed message"),
+        }
     }
 }
 
@@ -82,9 +106,15 @@ fn malformed(what: &'static str) -> impl FnOnce(yrs::encoding::read::Error) -> D
     move |source| DecodeError::Malformed { what, source }
 }
 
-/// Decodes one frame. The stock client sends exactly one message per frame; as the
-/// y-websocket server does, anything after the first message is ignored.
+/// `decode_frame_with` the default limits.
 pub fn decode_frame(frame: &[u8]) -> Result<Inbound, DecodeError> {
+    decode_frame_with(frame, &Limits::default())
+}
+
+/// Decodes one frame. The stock client sends exactly one message per frame; as the
+/// y-websocket server does, anything after the first message is ignored. Updates are
+/// validated by `validate` before yrs decodes them.
+pub fn decode_frame_with(frame: &[u8], limits: &Limits) -> Result<Inbound, DecodeError> {
     if frame.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -103,11 +133,11 @@ pub fn decode_frame(frame: &[u8]) -> Result<Inbound, DecodeError> {
                 }
                 1 | 2 => {
                     let buf = decoder.read_buf().map_err(malformed("update"))?;
-                    let update = Update::decode_v1(buf).map_err(malformed("update"))?;
+                    let checked = check_update(buf, limits)?;
                     Ok(if sub == 1 {
-                        Inbound::SyncStep2(update)
+                        Inbound::SyncStep2(checked)
                     } else {
-                        Inbound::Update(update)
+                        Inbound::Update(checked)
                     })
                 }
                 other => Err(DecodeError::UnknownSyncType(other)),
@@ -122,6 +152,21 @@ pub fn decode_frame(frame: &[u8]) -> Result<Inbound, DecodeError> {
         t if t == MSG_QUERY_AWARENESS as u64 => Ok(Inbound::QueryAwareness),
         other => Ok(Inbound::Unknown(other)),
     }
+}
+
+/// Validates, then decodes, one v1 update.
+pub fn check_update(bytes: &[u8], limits: &Limits) -> Result<Checked, DecodeError> {
+    let summary = inspect_update_v1(bytes, limits).map_err(|h| match h {
+        // Refused as an attack (1008); the rest is plain garbage (1007).
+        Hostile::TooDeep { .. }
+        | Hostile::CountTooLarge { .. }
+        | Hostile::ClockOverflow
+        | Hostile::ClientIdOutOfRange(_)
+        | Hostile::LegacyJsonContent => DecodeError::Hostile(h),
+        other => DecodeError::Invalid(other),
+    })?;
+    let update = Update::decode_v1(bytes).map_err(malformed("update"))?;
+    Ok(Checked { update, summary })
 }
 
 pub fn encode_sync_step1(sv: &StateVector) -> Bytes {
@@ -167,7 +212,7 @@ mod tests {
         };
         let doc = Doc::new();
         let text = doc.get_or_insert_text("t");
-        doc.transact_mut().apply_update(update).unwrap();
+        doc.transact_mut().apply_update(update.update).unwrap();
         assert_eq!(text.get_string(&doc.transact()), "hi");
     }
 

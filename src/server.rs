@@ -34,6 +34,7 @@ pub async fn run(
     tracing::info!(db = %config.db.display(), sync = ?config.sync, "database open");
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     let state = AppState::new(config, registry.clone());
+    let sessions = state.sessions.clone();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = warp::serve(http::routes(state))
@@ -54,6 +55,11 @@ pub async fn run(
     let left = registry.shutdown(shutdown_timeout).await;
     if left > 0 {
         tracing::warn!(documents = left, "documents still live at shutdown timeout");
+    }
+    // Every session writes its 1001 close frame before the process exits.
+    let open = sessions.drained(shutdown_timeout).await;
+    if open > 0 {
+        tracing::warn!(sessions = open, "sessions still open at shutdown timeout");
     }
     store.close().await;
     // Plain HTTP connections get the rest of the grace period; upgraded ones are closed.

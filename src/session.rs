@@ -27,6 +27,51 @@ use crate::registry::Registry;
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Counts live sessions so that shutdown can wait for every close frame to be written.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    live: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+/// Held by one session for its whole life.
+pub struct SessionGuard(Arc<Sessions>);
+
+impl Sessions {
+    pub fn enter(self: &Arc<Self>) -> SessionGuard {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        SessionGuard(self.clone())
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until no session is live (or `timeout`); returns how many still are.
+    pub async fn drained(&self, timeout: Duration) -> usize {
+        let wait = async {
+            loop {
+                let ended = self.ended.notified();
+                if self.live() == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        self.live()
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.ended.notify_waiters();
+    }
+}
+
 pub struct SessionParams {
     pub conn: ConnId,
     pub doc: DocName,

@@ -5,6 +5,7 @@ mod support;
 
 mod awareness;
 mod durability;
+mod hostile;
 mod property;
 mod refusals;
 mod sync;

@@ -288,14 +288,20 @@ impl Client {
                 let diff = self.doc.transact().encode_state_as_update_v1(&sv);
                 self.send(protocol::encode_sync_step2(diff)).await;
             }
-            Inbound::SyncStep2(update) => {
-                self.note_server_state(&update);
-                self.doc.transact_mut().apply_update(update).expect("apply");
+            Inbound::SyncStep2(checked) => {
+                self.note_server_state(&checked);
+                self.doc
+                    .transact_mut()
+                    .apply_update(checked.update)
+                    .expect("apply");
                 self.synced = true;
             }
-            Inbound::Update(update) => {
-                self.note_server_state(&update);
-                self.doc.transact_mut().apply_update(update).expect("apply");
+            Inbound::Update(checked) => {
+                self.note_server_state(&checked);
+                self.doc
+                    .transact_mut()
+                    .apply_update(checked.update)
+                    .expect("apply");
             }
             Inbound::Awareness(update) => {
                 for (id, entry) in update.clients {
