@@ -7,12 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::Secret;
+
 #[derive(Debug, Parser)]
-#[command(
-    name = "yserve",
-    version,
-    about = "A durable, y-websocket-compatible Yjs sync server on SQLite"
-)]
+#[command(name = "yserve", version, about = "A durable, y-websocket-compatible Yjs sync server on SQLite")]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -26,6 +24,23 @@ pub struct Cli {
 pub enum Command {
     /// Serve Yjs documents over WebSocket (the default).
     Serve(Config),
+    /// Print an HS256 token signed with the configured secret.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    /// A grant, `PATTERN=read` or `PATTERN=write` (repeatable); `notes/*` is a prefix.
+    #[arg(long = "doc")]
+    pub docs: Vec<String>,
+    /// Lifetime: `90s`, `30m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    #[arg(long, env = "YSERVE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
 }
 
 /// How hard SQLite works to make a commit durable.
@@ -60,9 +75,39 @@ pub struct Config {
     #[arg(long, env = "YSERVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// HS256 secret for JWTs. Without a key, everyone may read and write everything.
+    #[arg(long, env = "YSERVE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM public key file for JWTs: RS256, ES256 or EdDSA by key type.
+    #[arg(long, env = "YSERVE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "YSERVE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "YSERVE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Allowed `Origin` for WebSocket upgrades (repeatable, or comma-separated in the env);
+    /// when set, browsers from other origins get 403. Requests without `Origin` are allowed.
+    #[arg(long, env = "YSERVE_ALLOWED_ORIGIN", value_delimiter = ',')]
+    pub allowed_origin: Vec<String>,
+
+    /// Allow binding a non-loopback address with no JWT key (everyone may write everything).
+    #[arg(long, env = "YSERVE_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
     /// Largest WebSocket message accepted; larger ones close the connection with 1009.
     #[arg(long, env = "YSERVE_MESSAGE_BYTES_MAX", default_value_t = 16 * 1024 * 1024)]
     pub message_bytes_max: usize,
+
+    /// Deepest nesting of values inside one update; deeper updates are refused (1008)
+    /// before yrs's recursive decoder could overflow the stack.
+    #[arg(long, env = "YSERVE_UPDATE_DEPTH_MAX", default_value_t = 64)]
+    pub update_depth_max: usize,
 
     /// Bytes waiting to be written to one connection before it is closed with 1013.
     #[arg(long, env = "YSERVE_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 32 * 1024 * 1024)]

@@ -34,10 +34,7 @@ impl DocName {
             return Err(DocNameError::Empty);
         }
         if name.len() > DOC_NAME_BYTES_MAX {
-            return Err(DocNameError::TooLong {
-                len: name.len(),
-                max: DOC_NAME_BYTES_MAX,
-            });
+            return Err(DocNameError::TooLong { len: name.len(), max: DOC_NAME_BYTES_MAX });
         }
         if name.chars().any(char::is_control) {
             return Err(DocNameError::ControlCharacter);
@@ -48,9 +45,7 @@ impl DocName {
     /// Parses the raw (still percent-encoded) URL path of a document connection, `/<name>`.
     pub fn from_url_path(path: &str) -> Result<Self, DocNameError> {
         let raw = path.strip_prefix('/').unwrap_or(path);
-        let decoded = percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| DocNameError::NotUtf8)?;
+        let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| DocNameError::NotUtf8)?;
         Self::new(&decoded)
     }
 
@@ -86,10 +81,7 @@ mod tests {
 
     #[test]
     fn name_may_contain_slashes() {
-        assert_eq!(
-            DocName::from_url_path("/team/a/b").unwrap().as_str(),
-            "team/a/b"
-        );
+        assert_eq!(DocName::from_url_path("/team/a/b").unwrap().as_str(), "team/a/b");
         // `ws://host/` + '/' + name gives a leading slash that belongs to the name.
         assert_eq!(DocName::from_url_path("//x").unwrap().as_str(), "/x");
     }
@@ -108,26 +100,14 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_refused() {
-        assert_eq!(
-            DocName::from_url_path("/%FF%FE"),
-            Err(DocNameError::NotUtf8)
-        );
+        assert_eq!(DocName::from_url_path("/%FF%FE"), Err(DocNameError::NotUtf8));
     }
 
     #[test]
     fn control_characters_are_refused() {
-        assert_eq!(
-            DocName::from_url_path("/a%0Ab"),
-            Err(DocNameError::ControlCharacter)
-        );
-        assert_eq!(
-            DocName::from_url_path("/a%00"),
-            Err(DocNameError::ControlCharacter)
-        );
-        assert_eq!(
-            DocName::from_url_path("/a%7F"),
-            Err(DocNameError::ControlCharacter)
-        );
+        assert_eq!(DocName::from_url_path("/a%0Ab"), Err(DocNameError::ControlCharacter));
+        assert_eq!(DocName::from_url_path("/a%00"), Err(DocNameError::ControlCharacter));
+        assert_eq!(DocName::from_url_path("/a%7F"), Err(DocNameError::ControlCharacter));
     }
 
     #[test]
@@ -135,9 +115,6 @@ mod tests {
         let ok = "é".repeat(256); // 512 bytes
         assert!(DocName::new(&ok).is_ok());
         let long = format!("{ok}x");
-        assert_eq!(
-            DocName::new(&long),
-            Err(DocNameError::TooLong { len: 513, max: 512 })
-        );
+        assert_eq!(DocName::new(&long), Err(DocNameError::TooLong { len: 513, max: 512 }));
     }
 }

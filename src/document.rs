@@ -144,10 +144,7 @@ impl DocActor {
             registry,
             store,
             settings,
-            doc: Doc::with_options(Options {
-                offset_kind: OffsetKind::Utf16,
-                ..Options::default()
-            }),
+            doc: Doc::with_options(Options { offset_kind: OffsetKind::Utf16, ..Options::default() }),
             presence: Presence::default(),
             conns: HashMap::new(),
             shared: shared.clone(),
@@ -170,9 +167,7 @@ impl DocActor {
         let registry = self.registry.clone();
         // A panic inside yrs must not take the process down: the document's connections are
         // closed (their outbox senders drop, which closes with 1011) and the entry removed.
-        let result = std::panic::AssertUnwindSafe(self.run_inner(&mut rx))
-            .catch_unwind()
-            .await;
+        let result = std::panic::AssertUnwindSafe(self.run_inner(&mut rx)).catch_unwind().await;
         let failed = match result {
             Ok(Exit::Done) => false,
             Ok(Exit::Failed(why)) => {
@@ -274,23 +269,12 @@ impl DocActor {
 
     async fn handle(&mut self, msg: DocMsg) {
         match msg {
-            DocMsg::Join {
-                conn,
-                outbox,
-                origin,
-            } => {
+            DocMsg::Join { conn, outbox, origin } => {
                 if self.shutting_down {
                     outbox.close(CloseReason::new(close::GOING_AWAY, "server shutting down"));
                     return;
                 }
-                self.conns.insert(
-                    conn,
-                    Conn {
-                        outbox,
-                        origin,
-                        own: HashSet::new(),
-                    },
-                );
+                self.conns.insert(conn, Conn { outbox, origin, own: HashSet::new() });
                 // As the y-websocket server: SyncStep1 first, then who is here.
                 let step1 = protocol::encode_sync_step1(&self.doc.transact().state_vector());
                 self.park(Parked::To(conn, step1));
@@ -348,20 +332,11 @@ impl DocActor {
         let Checked { update, summary } = checked;
         if let Some(client) = self.squatted_client(conn, &summary) {
             tracing::warn!(conn, doc = %self.name, client, "refused: GC range over another client's clocks (1008)");
-            self.refuse(
-                conn,
-                CloseReason::new(close::POLICY_VIOLATION, "client-id squatting"),
-            );
+            self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id squatting"));
             return;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.own.extend(
-                summary
-                    .runs
-                    .iter()
-                    .filter(|r| r.has_items)
-                    .map(|r| r.client),
-            );
+            c.own.extend(summary.runs.iter().filter(|r| r.has_items).map(|r| r.client));
         }
         // Some updates apply cleanly and leave the doc so that encoding panics (an item whose
         // parent cannot be resolved, y-crdt#391). Encoding the transaction's delta touches
@@ -380,19 +355,13 @@ impl DocActor {
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
                 tracing::warn!(conn, doc = %self.name, error = %e, "refused: update does not apply (1007)");
-                self.refuse(
-                    conn,
-                    CloseReason::new(close::INVALID_PAYLOAD, "update does not apply"),
-                );
+                self.refuse(conn, CloseReason::new(close::INVALID_PAYLOAD, "update does not apply"));
                 self.rebuild().await;
                 return;
             }
             Err(_) => {
                 tracing::warn!(conn, doc = %self.name, "refused: update breaks the document (1008); rebuilding it from the store");
-                self.refuse(
-                    conn,
-                    CloseReason::new(close::POLICY_VIOLATION, "update breaks the document"),
-                );
+                self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "update breaks the document"));
                 self.rebuild().await;
                 return;
             }
@@ -403,16 +372,11 @@ impl DocActor {
         self.since_snapshot_updates += 1;
         self.since_snapshot_bytes += delta.len() as u64;
         let relay = protocol::encode_update(delta.clone());
-        let ack = match self
-            .store
-            .append(self.name.as_arc().clone(), seq, delta, origin)
-            .await
-        {
+        let ack = match self.store.append(self.name.as_arc().clone(), seq, delta, origin).await {
             Ok(ack) => ack,
             Err(e) => {
                 tracing::error!(doc = %self.name, error = %e, "store unavailable");
-                self.inflight
-                    .push_back(futures::future::ready((u64::MAX, Err(e))).boxed());
+                self.inflight.push_back(futures::future::ready((u64::MAX, Err(e))).boxed());
                 return;
             }
         };
@@ -465,10 +429,7 @@ impl DocActor {
             }
             self.on_committed(ticket);
         }
-        self.doc = Doc::with_options(Options {
-            offset_kind: OffsetKind::Utf16,
-            ..Options::default()
-        });
+        self.doc = Doc::with_options(Options { offset_kind: OffsetKind::Utf16, ..Options::default() });
         self.since_snapshot_bytes = 0;
         if let Err(e) = self.load().await {
             tracing::error!(doc = %self.name, error = %e, "rebuilding the document failed");
@@ -479,16 +440,9 @@ impl DocActor {
     /// The doc now holds exactly updates 1..=seq, so its full state is the snapshot at `seq`.
     /// It is queued after the append of `seq`, so it commits with or after it.
     async fn write_snapshot(&mut self, seq: u64) {
-        let data = self
-            .doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+        let data = self.doc.transact().encode_state_as_update_v1(&StateVector::default());
         let bytes = data.len();
-        if let Err(e) = self
-            .store
-            .snapshot(self.name.as_arc().clone(), seq, data)
-            .await
-        {
+        if let Err(e) = self.store.snapshot(self.name.as_arc().clone(), seq, data).await {
             tracing::error!(doc = %self.name, error = %e, "snapshot not queued");
             return;
         }
@@ -523,11 +477,8 @@ impl DocActor {
 
     /// Sends to every connection, the sender included (y-websocket relays to all).
     fn broadcast(&mut self, frame: Bytes) {
-        let failed: Vec<(ConnId, SendError)> = self
-            .conns
-            .iter()
-            .filter_map(|(id, c)| c.outbox.send(frame.clone()).err().map(|e| (*id, e)))
-            .collect();
+        let failed: Vec<(ConnId, SendError)> =
+            self.conns.iter().filter_map(|(id, c)| c.outbox.send(frame.clone()).err().map(|e| (*id, e))).collect();
         for (conn, error) in failed {
             self.send_failed(conn, error);
         }

@@ -5,8 +5,10 @@
 //! way to change it, so this module answers the handshake itself (RFC 6455 §4.2.2), takes
 //! hyper's `OnUpgrade` from the request and builds the stream with our `WebSocketConfig`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -17,27 +19,25 @@ use warp::http::{header, HeaderMap, Response, StatusCode};
 use warp::hyper::body::Bytes;
 use warp::{Filter, Rejection, Reply};
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::docname::DocName;
 use crate::registry::Registry;
 use crate::session::{self, SessionParams, Sessions};
+use crate::validate::Limits;
 
 /// What the routes share.
 pub struct AppState {
     pub config: Config,
+    pub auth: Auth,
     pub registry: Arc<Registry>,
     pub sessions: Arc<Sessions>,
     next_conn: AtomicU64,
 }
 
 impl AppState {
-    pub fn new(config: Config, registry: Arc<Registry>) -> Arc<AppState> {
-        Arc::new(AppState {
-            config,
-            registry,
-            sessions: Arc::default(),
-            next_conn: AtomicU64::new(1),
-        })
+    pub fn new(config: Config, auth: Auth, registry: Arc<Registry>) -> Arc<AppState> {
+        Arc::new(AppState { config, auth, registry, sessions: Arc::default(), next_conn: AtomicU64::new(1) })
     }
 
     fn ws_config(&self) -> WebSocketConfig {
@@ -51,24 +51,25 @@ impl AppState {
     }
 }
 
-pub fn routes(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
     let doc_ws = warp::get()
         .and(warp::path::full())
+        .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(with_state(state))
         .and_then(
             |path: warp::path::FullPath,
+             query: HashMap<String, String>,
              headers: HeaderMap,
              on_upgrade: Option<OnUpgrade>,
              state| async move {
                 if path.as_str().starts_with("/api/") || !is_websocket_upgrade(&headers) {
                     return Err(warp::reject::not_found());
                 }
-                Ok(upgrade_document(path.as_str(), &headers, on_upgrade, state))
+                let request = Upgrade { path: path.as_str(), token: token(&query, &headers), headers: &headers };
+                Ok(upgrade_document(request, on_upgrade, state))
             },
         );
     healthz.or(doc_ws)
@@ -82,12 +83,32 @@ fn with_state(
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
     };
     has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// The token from `?token=` (what the stock client can send) or `Authorization: Bearer`.
+fn token(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    if let Some(t) = query.get("token") {
+        return Some(t.clone());
+    }
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+struct Upgrade<'a> {
+    path: &'a str,
+    token: Option<String>,
+    headers: &'a HeaderMap,
 }
 
 fn plain(status: StatusCode, reason: &str) -> Response<warp::hyper::body::Bytes> {
@@ -98,31 +119,40 @@ fn plain(status: StatusCode, reason: &str) -> Response<warp::hyper::body::Bytes>
         .expect("static response")
 }
 
-fn upgrade_document(
-    path: &str,
-    headers: &HeaderMap,
-    on_upgrade: Option<OnUpgrade>,
-    state: Arc<AppState>,
-) -> Response<Bytes> {
+fn upgrade_document(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppState>) -> Response<Bytes> {
+    let Upgrade { path, token, headers } = request;
     let doc = match DocName::from_url_path(path) {
         Ok(doc) => doc,
         Err(e) => {
             tracing::warn!(path, error = %e, "refused upgrade: invalid document name (400)");
-            return plain(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid document name: {e}"),
-            );
+            return plain(StatusCode::BAD_REQUEST, &format!("invalid document name: {e}"));
         }
     };
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "unsupported websocket version (need 13)",
-        );
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if let Some(origin) = origin.filter(|_| !state.config.allowed_origin.is_empty()) {
+        if !state.config.allowed_origin.iter().any(|allowed| allowed == origin) {
+            tracing::warn!(doc = %doc, origin, "refused upgrade: origin not allowed (403)");
+            return plain(StatusCode::FORBIDDEN, "origin not allowed");
+        }
+    }
+    let identity = match state.auth.authenticate(token.as_deref(), now_unix()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::warn!(doc = %doc, error = %e, "refused upgrade: not authenticated (401)");
+            let mut response = plain(StatusCode::UNAUTHORIZED, &e.to_string());
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"yserve\", error=\"invalid_token\""),
+            );
+            return response;
+        }
+    };
+    let Some(access) = identity.access(doc.as_str()) else {
+        tracing::warn!(doc = %doc, user = %identity.user, "refused upgrade: no grant for the document (403)");
+        return plain(StatusCode::FORBIDDEN, "no grant for this document");
+    };
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return plain(StatusCode::BAD_REQUEST, "unsupported websocket version (need 13)");
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return plain(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
@@ -143,14 +173,15 @@ fn upgrade_document(
                 return;
             }
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
         let params = SessionParams {
             conn,
             doc,
-            origin: Arc::from("anonymous"),
+            user: identity.user,
+            access,
+            expires_in: identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix()))),
             outbound_queue_bytes_max: state.config.outbound_queue_bytes_max,
+            limits: Limits { any_depth_max: state.config.update_depth_max },
         };
         session::run(ws, state.registry.clone(), params).await;
     });

@@ -2,7 +2,18 @@
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use yserve::config::{Cli, Command, Config, LogFormat};
+use yserve::auth;
+use yserve::config::{Cli, Command, Config, LogFormat, TokenArgs};
+
+fn print_token(args: TokenArgs) -> anyhow::Result<()> {
+    let secret =
+        args.jwt_secret.ok_or_else(|| anyhow::anyhow!("no secret: pass --jwt-secret or set YSERVE_JWT_SECRET"))?;
+    let grants = args.docs.iter().map(|d| auth::parse_grant(d)).collect::<Result<Vec<_>, _>>()?;
+    let ttl = auth::parse_ttl(&args.ttl).map_err(anyhow::Error::msg)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    println!("{}", auth::issue(&secret, &args.sub, &grants, now + ttl)?);
+    Ok(())
+}
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_env("YSERVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -21,11 +32,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match cli.command {
         Some(Command::Serve(config)) => config,
+        Some(Command::Token(args)) => return print_token(args),
         None => cli.serve,
     };
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(yserve::server::run(config, yserve::server::signal()))
 }

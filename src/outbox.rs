@@ -57,20 +57,11 @@ pub enum SendError {
 
 pub fn outbox(queued_bytes_max: usize) -> (OutboxSender, Outbox) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            frames: VecDeque::new(),
-            queued_bytes: 0,
-            close: None,
-        }),
+        state: Mutex::new(State { frames: VecDeque::new(), queued_bytes: 0, close: None }),
         notify: Notify::new(),
         queued_bytes_max,
     });
-    (
-        OutboxSender {
-            shared: shared.clone(),
-        },
-        Outbox { shared },
-    )
+    (OutboxSender { shared: shared.clone() }, Outbox { shared })
 }
 
 pub const SLOW_CONSUMER: CloseReason = CloseReason::new(close::TRY_AGAIN_LATER, "slow consumer");

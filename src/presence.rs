@@ -39,21 +39,13 @@ pub struct Presence {
 
 impl Presence {
     /// Applies an awareness update sent by `conn`; returns the accepted entries to relay.
-    pub fn apply(
-        &mut self,
-        conn: ConnId,
-        update: AwarenessUpdate,
-        now: Instant,
-    ) -> Option<AwarenessUpdate> {
+    pub fn apply(&mut self, conn: ConnId, update: AwarenessUpdate, now: Instant) -> Option<AwarenessUpdate> {
         let mut accepted = HashMap::new();
         for (client, entry) in update.clients {
             let is_null = &*entry.json == NULL_STATE;
             let accept = match self.clients.get(&client) {
                 None => true,
-                Some(cur) => {
-                    cur.clock < entry.clock
-                        || (cur.clock == entry.clock && is_null && cur.json.is_some())
-                }
+                Some(cur) => cur.clock < entry.clock || (cur.clock == entry.clock && is_null && cur.json.is_some()),
             };
             if !accept {
                 continue;
@@ -79,12 +71,8 @@ impl Presence {
 
     /// Removes states not renewed within `timeout` and forgets long-removed clients.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Option<AwarenessUpdate> {
-        self.clients.retain(|_, s| {
-            s.json.is_some() || now.saturating_duration_since(s.renewed_at) < REMOVED_KEEP
-        });
-        self.remove_where(now, |state| {
-            now.saturating_duration_since(state.renewed_at) >= timeout
-        })
+        self.clients.retain(|_, s| s.json.is_some() || now.saturating_duration_since(s.renewed_at) < REMOVED_KEEP);
+        self.remove_where(now, |state| now.saturating_duration_since(state.renewed_at) >= timeout)
     }
 
     /// The current states, for a new connection or a query-awareness message.
@@ -93,15 +81,7 @@ impl Presence {
             .clients
             .iter()
             .filter_map(|(id, s)| {
-                s.json.as_ref().map(|json| {
-                    (
-                        *id,
-                        AwarenessUpdateEntry {
-                            clock: s.clock,
-                            json: json.clone(),
-                        },
-                    )
-                })
+                s.json.as_ref().map(|json| (*id, AwarenessUpdateEntry { clock: s.clock, json: json.clone() }))
             })
             .collect();
         (!clients.is_empty()).then_some(AwarenessUpdate { clients })
@@ -118,11 +98,7 @@ impl Presence {
 
     // Removal keeps the clock: peers accept a same-clock `null` for a present client, which
     // is what y-protocols `removeAwarenessStates` sends for remote clients.
-    fn remove_where(
-        &mut self,
-        now: Instant,
-        pred: impl Fn(&ClientState) -> bool,
-    ) -> Option<AwarenessUpdate> {
+    fn remove_where(&mut self, now: Instant, pred: impl Fn(&ClientState) -> bool) -> Option<AwarenessUpdate> {
         let null: Arc<str> = NULL_STATE.into();
         let mut removed = HashMap::new();
         for (id, state) in self.clients.iter_mut() {
@@ -130,13 +106,7 @@ impl Presence {
                 state.json = None;
                 state.owner = None;
                 state.renewed_at = now;
-                removed.insert(
-                    *id,
-                    AwarenessUpdateEntry {
-                        clock: state.clock,
-                        json: null.clone(),
-                    },
-                );
+                removed.insert(*id, AwarenessUpdateEntry { clock: state.clock, json: null.clone() });
             }
         }
         (!removed.is_empty()).then_some(AwarenessUpdate { clients: removed })
@@ -151,15 +121,7 @@ mod tests {
         AwarenessUpdate {
             clients: entries
                 .iter()
-                .map(|&(id, clock, json)| {
-                    (
-                        ClientID::new(id),
-                        AwarenessUpdateEntry {
-                            clock,
-                            json: json.into(),
-                        },
-                    )
-                })
+                .map(|&(id, clock, json)| (ClientID::new(id), AwarenessUpdateEntry { clock, json: json.into() }))
                 .collect(),
         }
     }
@@ -171,10 +133,7 @@ mod tests {
         assert!(p.apply(1, update(&[(10, 2, "{\"a\":1}")]), t).is_some());
         assert!(p.apply(1, update(&[(10, 1, "{\"a\":0}")]), t).is_none());
         assert!(p.apply(1, update(&[(10, 2, "{\"a\":9}")]), t).is_none());
-        assert_eq!(
-            &*p.current().unwrap().clients[&ClientID::new(10)].json,
-            "{\"a\":1}"
-        );
+        assert_eq!(&*p.current().unwrap().clients[&ClientID::new(10)].json, "{\"a\":1}");
     }
 
     #[test]
@@ -206,10 +165,7 @@ mod tests {
         let mut ids: Vec<u64> = removed.clients.keys().map(|c| c.get()).collect();
         ids.sort();
         assert_eq!(ids, vec![10, 11]);
-        assert!(removed
-            .clients
-            .values()
-            .all(|e| &*e.json == "null" && e.clock == 1));
+        assert!(removed.clients.values().all(|e| &*e.json == "null" && e.clock == 1));
         assert_eq!(p.len(), 1);
         assert!(p.remove_connection(1, t).is_none());
     }
@@ -223,10 +179,7 @@ mod tests {
         p.apply(1, update(&[(11, 1, "{}")]), t0 + Duration::from_secs(20));
         assert!(p.expire(t0 + Duration::from_secs(29), timeout).is_none());
         let removed = p.expire(t0 + Duration::from_secs(31), timeout).unwrap();
-        assert_eq!(
-            removed.clients.keys().map(|c| c.get()).collect::<Vec<_>>(),
-            vec![10]
-        );
+        assert_eq!(removed.clients.keys().map(|c| c.get()).collect::<Vec<_>>(), vec![10]);
         assert_eq!(p.len(), 1);
     }
 }

@@ -31,6 +31,13 @@ pub mod close {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The connection's outbound queue overflowed: a consumer too slow to keep up.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The token expired during the connection. The stock client stops retrying on
+    /// 4400-4499 (a fresh token is needed).
+    pub const TOKEN_EXPIRED: u16 = 4401;
+    /// No grant for the document.
+    pub const FORBIDDEN: u16 = 4403;
+    /// No message or pong within the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4408;
 }
 
 /// A close code with a short, stable reason sent to the client and logged.
@@ -83,10 +90,7 @@ pub enum DecodeError {
     #[error("hostile update: {0}")]
     Hostile(Hostile),
     #[error("malformed {what}: {source}")]
-    Malformed {
-        what: &'static str,
-        source: yrs::encoding::read::Error,
-    },
+    Malformed { what: &'static str, source: yrs::encoding::read::Error },
     #[error("unknown sync message type {0}")]
     UnknownSyncType(u64),
     #[error("invalid update: {0}")]
@@ -134,11 +138,7 @@ pub fn decode_frame_with(frame: &[u8], limits: &Limits) -> Result<Inbound, Decod
                 1 | 2 => {
                     let buf = decoder.read_buf().map_err(malformed("update"))?;
                     let checked = check_update(buf, limits)?;
-                    Ok(if sub == 1 {
-                        Inbound::SyncStep2(checked)
-                    } else {
-                        Inbound::Update(checked)
-                    })
+                    Ok(if sub == 1 { Inbound::SyncStep2(checked) } else { Inbound::Update(checked) })
                 }
                 other => Err(DecodeError::UnknownSyncType(other)),
             }
@@ -170,21 +170,15 @@ pub fn check_update(bytes: &[u8], limits: &Limits) -> Result<Checked, DecodeErro
 }
 
 pub fn encode_sync_step1(sv: &StateVector) -> Bytes {
-    Message::Sync(SyncMessage::SyncStep1(sv.clone()))
-        .encode_v1()
-        .into()
+    Message::Sync(SyncMessage::SyncStep1(sv.clone())).encode_v1().into()
 }
 
 pub fn encode_sync_step2(update: Vec<u8>) -> Bytes {
-    Message::Sync(SyncMessage::SyncStep2(update))
-        .encode_v1()
-        .into()
+    Message::Sync(SyncMessage::SyncStep2(update)).encode_v1().into()
 }
 
 pub fn encode_update(update: Vec<u8>) -> Bytes {
-    Message::Sync(SyncMessage::Update(update))
-        .encode_v1()
-        .into()
+    Message::Sync(SyncMessage::Update(update)).encode_v1().into()
 }
 
 pub fn encode_awareness(update: AwarenessUpdate) -> Bytes {
@@ -207,9 +201,7 @@ mod tests {
     #[test]
     fn update_round_trips() {
         let frame = encode_update(text_update("hi"));
-        let Inbound::Update(update) = decode_frame(&frame).unwrap() else {
-            panic!("not an update")
-        };
+        let Inbound::Update(update) = decode_frame(&frame).unwrap() else { panic!("not an update") };
         let doc = Doc::new();
         let text = doc.get_or_insert_text("t");
         doc.transact_mut().apply_update(update.update).unwrap();
@@ -219,40 +211,26 @@ mod tests {
     #[test]
     fn sync_step1_round_trips() {
         let sv = StateVector::default();
-        assert!(
-            matches!(decode_frame(&encode_sync_step1(&sv)).unwrap(), Inbound::SyncStep1(s) if s == sv)
-        );
+        assert!(matches!(decode_frame(&encode_sync_step1(&sv)).unwrap(), Inbound::SyncStep1(s) if s == sv));
     }
 
     #[test]
     fn unknown_message_type_is_ignored_whatever_its_body() {
-        assert!(matches!(
-            decode_frame(&[7, 0xff, 0xff]).unwrap(),
-            Inbound::Unknown(7)
-        ));
-        assert!(matches!(
-            decode_frame(&[100]).unwrap(),
-            Inbound::Unknown(100)
-        ));
+        assert!(matches!(decode_frame(&[7, 0xff, 0xff]).unwrap(), Inbound::Unknown(7)));
+        assert!(matches!(decode_frame(&[100]).unwrap(), Inbound::Unknown(100)));
     }
 
     #[test]
     fn truncated_update_is_malformed() {
         let frame = encode_update(text_update("hello world"));
         for cut in 1..frame.len() {
-            assert!(
-                decode_frame(&frame[..cut]).is_err(),
-                "prefix of {cut} bytes decoded"
-            );
+            assert!(decode_frame(&frame[..cut]).is_err(), "prefix of {cut} bytes decoded");
         }
     }
 
     #[test]
     fn empty_frame_and_unknown_sync_type_are_malformed() {
         assert!(matches!(decode_frame(&[]), Err(DecodeError::Empty)));
-        assert!(matches!(
-            decode_frame(&[0, 9, 0]),
-            Err(DecodeError::UnknownSyncType(9))
-        ));
+        assert!(matches!(decode_frame(&[0, 9, 0]), Err(DecodeError::UnknownSyncType(9))));
     }
 }

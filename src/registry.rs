@@ -60,20 +60,11 @@ pub struct Attachment {
 
 impl Registry {
     pub fn new(store: Store, settings: DocSettings) -> Arc<Registry> {
-        Arc::new(Registry {
-            inner: Mutex::default(),
-            store,
-            settings,
-            removed: Notify::new(),
-        })
+        Arc::new(Registry { inner: Mutex::default(), store, settings, removed: Notify::new() })
     }
 
     /// Attaches a connection to a document, starting (and loading) it if it is not live.
-    pub fn attach(
-        self: &Arc<Self>,
-        name: &DocName,
-        conn: ConnId,
-    ) -> Result<Attachment, ShuttingDown> {
+    pub fn attach(self: &Arc<Self>, name: &DocName, conn: ConnId) -> Result<Attachment, ShuttingDown> {
         let mut inner = self.lock();
         if inner.shutting_down {
             return Err(ShuttingDown);
@@ -81,47 +72,20 @@ impl Registry {
         if let Some(entry) = inner.docs.get_mut(name) {
             entry.attached += 1;
             let (handle, generation) = (entry.handle.clone(), entry.generation);
-            return Ok(Attachment {
-                registry: self.clone(),
-                name: name.clone(),
-                generation,
-                conn,
-                handle,
-            });
+            return Ok(Attachment { registry: self.clone(), name: name.clone(), generation, conn, handle });
         }
         inner.next_generation += 1;
         let generation = inner.next_generation;
-        let handle = DocActor::spawn(
-            name.clone(),
-            generation,
-            Arc::downgrade(self),
-            self.store.clone(),
-            self.settings.clone(),
-        );
-        inner.docs.insert(
-            name.clone(),
-            Entry {
-                handle: handle.clone(),
-                generation,
-                attached: 1,
-            },
-        );
-        Ok(Attachment {
-            registry: self.clone(),
-            name: name.clone(),
-            generation,
-            conn,
-            handle,
-        })
+        let handle =
+            DocActor::spawn(name.clone(), generation, Arc::downgrade(self), self.store.clone(), self.settings.clone());
+        inner.docs.insert(name.clone(), Entry { handle: handle.clone(), generation, attached: 1 });
+        Ok(Attachment { registry: self.clone(), name: name.clone(), generation, conn, handle })
     }
 
     /// Called by an idle actor with nothing pending: removes it if nobody attached meanwhile.
     pub(crate) fn try_unload(&self, name: &DocName, generation: u64) -> bool {
         let mut inner = self.lock();
-        let unload = inner
-            .docs
-            .get(name)
-            .is_some_and(|e| e.generation == generation && e.attached == 0);
+        let unload = inner.docs.get(name).is_some_and(|e| e.generation == generation && e.attached == 0);
         if unload {
             inner.docs.remove(name);
             drop(inner);
@@ -133,11 +97,7 @@ impl Registry {
     /// Removes an actor's entry whatever its attachments (it failed or shut down).
     pub(crate) fn remove(&self, name: &DocName, generation: u64) {
         let mut inner = self.lock();
-        if inner
-            .docs
-            .get(name)
-            .is_some_and(|e| e.generation == generation)
-        {
+        if inner.docs.get(name).is_some_and(|e| e.generation == generation) {
             inner.docs.remove(name);
         }
         drop(inner);
@@ -180,20 +140,11 @@ impl Registry {
 impl Drop for Attachment {
     fn drop(&mut self) {
         let mut inner = self.registry.lock();
-        if let Some(entry) = inner
-            .docs
-            .get_mut(&self.name)
-            .filter(|e| e.generation == self.generation)
-        {
+        if let Some(entry) = inner.docs.get_mut(&self.name).filter(|e| e.generation == self.generation) {
             entry.attached -= 1;
         }
         drop(inner);
-        self.handle
-            .shared
-            .left
-            .lock()
-            .expect("left lock poisoned")
-            .push(self.conn);
+        self.handle.shared.left.lock().expect("left lock poisoned").push(self.conn);
         self.handle.shared.wake.notify_one();
     }
 }

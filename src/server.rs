@@ -12,16 +12,25 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::auth::{Auth, AuthSettings, KeyError};
 use crate::config::Config;
 use crate::document::DocSettings;
 use crate::http::{self, AppState};
 use crate::registry::Registry;
 use crate::store::Store;
 
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let auth = load_auth(&config)?;
+    if auth.is_anonymous() {
+        if !config.addr.ip().is_loopback() && !config.allow_anonymous {
+            anyhow::bail!(
+                "refusing to serve {} without a JWT key: everyone could read and write every document. \
+                 Configure --jwt-secret or --jwt-public-key, or pass --allow-anonymous",
+                config.addr
+            );
+        }
+        tracing::warn!("no JWT key configured: anonymous mode, every client may read and write every document");
+    }
     let store = Store::open(&config)?;
     let settings = DocSettings {
         snapshot_updates: config.snapshot_updates.max(1),
@@ -33,15 +42,13 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(db = %config.db.display(), sync = ?config.sync, "database open");
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    let state = AppState::new(config, registry.clone());
+    let state = AppState::new(config, auth, registry.clone());
     let sessions = state.sessions.clone();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(http::routes(state))
-        .incoming(listener)
-        .graceful(async move {
-            let _ = stop_rx.await;
-        });
+    let server = warp::serve(http::routes(state)).incoming(listener).graceful(async move {
+        let _ = stop_rx.await;
+    });
     let server = tokio::spawn(server.run());
 
     // Tests and scripts wait for this exact line (SPEC §1).
@@ -66,6 +73,23 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn load_auth(config: &Config) -> anyhow::Result<Auth> {
+    let pem = match &config.jwt_public_key {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| KeyError::Read { path: path.display().to_string(), message: e.to_string() })?;
+            Some((path.to_str().unwrap_or("public key"), bytes))
+        }
+        None => None,
+    };
+    Ok(Auth::new(AuthSettings {
+        secret: config.jwt_secret.as_ref(),
+        public_key_pem: pem,
+        audience: config.jwt_audience.as_deref(),
+        issuer: config.jwt_issuer.as_deref(),
+    })?)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -17,12 +17,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::auth::Access;
 use crate::docname::DocName;
 use crate::document::DocMsg;
 use crate::outbox::{outbox, Next};
 use crate::presence::ConnId;
 use crate::protocol::{self, close, CloseReason, Inbound};
 use crate::registry::Registry;
+use crate::validate::Limits;
 
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,9 +67,7 @@ impl Sessions {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.0
-            .live
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         self.0.ended.notify_waiters();
     }
 }
@@ -76,38 +76,32 @@ pub struct SessionParams {
     pub conn: ConnId,
     pub doc: DocName,
     /// Who writes through this connection (the `origin` column of the log).
-    pub origin: Arc<str>,
+    pub user: Arc<str>,
+    pub access: Access,
+    /// When the token expires (4401); `None` when anonymous.
+    pub expires_in: Option<Duration>,
     pub outbound_queue_bytes_max: usize,
+    pub limits: Limits,
 }
 
 pub async fn run<S>(mut ws: WebSocketStream<S>, registry: Arc<Registry>, params: SessionParams)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let SessionParams {
-        conn,
-        doc,
-        origin,
-        outbound_queue_bytes_max,
-    } = params;
+    let SessionParams { conn, doc, user, access, expires_in, outbound_queue_bytes_max, limits } = params;
+    let expiry = tokio::time::sleep(expires_in.unwrap_or(Duration::from_secs(10 * 365 * 86_400)));
+    tokio::pin!(expiry);
+    let mut dropped_updates = 0u64;
     let attachment = match registry.attach(&doc, conn) {
         Ok(a) => a,
         Err(_) => {
-            close_with(
-                &mut ws,
-                CloseReason::new(close::GOING_AWAY, "server shutting down"),
-            )
-            .await;
+            close_with(&mut ws, CloseReason::new(close::GOING_AWAY, "server shutting down")).await;
             return;
         }
     };
-    tracing::debug!(conn, doc = %doc, "connection opened");
+    tracing::debug!(conn, doc = %doc, user = %user, ?access, "connection opened");
     let (sender, outbox) = outbox(outbound_queue_bytes_max);
-    let join = DocMsg::Join {
-        conn,
-        outbox: sender,
-        origin,
-    };
+    let join = DocMsg::Join { conn, outbox: sender, origin: user.clone() };
     let mut refusal = attachment.handle.send(join).await.err().map(|_| gone());
 
     while refusal.is_none() {
@@ -120,28 +114,42 @@ where
                 }
                 Next::Close(reason) => refusal = Some(reason),
             },
+            _ = &mut expiry, if expires_in.is_some() => {
+                tracing::info!(conn, doc = %doc, user = %user, "closing: token expired (4401)");
+                refusal = Some(CloseReason::new(close::TOKEN_EXPIRED, "token expired"));
+            }
             msg = ws.next() => match msg {
                 None => break,
-                Some(Ok(Message::Binary(frame))) => match protocol::decode_frame(&frame) {
+                Some(Ok(Message::Binary(frame))) => match protocol::decode_frame_with(&frame, &limits) {
                     Ok(Inbound::Auth | Inbound::Unknown(_)) => {}
+                    // Read grants sync and share awareness; their updates are dropped (not
+                    // applied, stored or relayed), counted, and logged once.
+                    Ok(Inbound::SyncStep2(c) | Inbound::Update(c)) if access == Access::Read => {
+                        if !c.summary.runs.is_empty() || c.summary.deleted_ranges > 0 {
+                            dropped_updates += 1;
+                            if dropped_updates == 1 {
+                                tracing::warn!(conn, doc = %doc, user = %user, "dropping updates from a read-only connection");
+                            }
+                        }
+                    }
                     Ok(msg) => {
                         if attachment.handle.send(DocMsg::Inbound { conn, msg }).await.is_err() {
                             refusal = Some(gone());
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(conn, doc = %doc, error = %e, bytes = frame.len(), "refused: malformed message (1007)");
+                        tracing::warn!(conn, doc = %doc, user = %user, error = %e, bytes = frame.len(), code = e.close_reason().code, "refused: bad message");
                         refusal = Some(e.close_reason());
                     }
                 },
                 Some(Ok(Message::Text(_))) => {
-                    tracing::warn!(conn, doc = %doc, "refused: text frame on a Yjs connection (1003)");
+                    tracing::warn!(conn, doc = %doc, user = %user, "refused: text frame on a Yjs connection (1003)");
                     refusal = Some(CloseReason::new(close::UNSUPPORTED_DATA, "text frames are not supported"));
                 }
                 // tungstenite answers pings and close frames itself while we keep reading.
                 Some(Ok(_)) => {}
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                    tracing::warn!(conn, doc = %doc, size, max_size, "refused: message too big (1009)");
+                    tracing::warn!(conn, doc = %doc, user = %user, size, max_size, "refused: message too big (1009)");
                     refusal = Some(CloseReason::new(close::MESSAGE_TOO_BIG, "message too big"));
                 }
                 Some(Err(e)) => {
@@ -158,6 +166,9 @@ where
     if let Some(reason) = refusal {
         close_with(&mut ws, reason).await;
     }
+    if dropped_updates > 0 {
+        tracing::info!(conn, doc = %doc, user = %user, dropped_updates, "read-only connection closed");
+    }
     tracing::debug!(conn, doc = %doc, "connection closed");
 }
 
@@ -170,10 +181,7 @@ async fn close_with<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = CloseFrame {
-        code: CloseCode::from(reason.code),
-        reason: reason.reason.into(),
-    };
+    let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
     if ws.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }

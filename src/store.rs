@@ -54,25 +54,10 @@ pub struct Loaded {
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
-    Load {
-        name: Arc<str>,
-        reply: Reply<Loaded>,
-    },
-    Append {
-        name: Arc<str>,
-        seq: u64,
-        data: Vec<u8>,
-        origin: Arc<str>,
-        reply: Reply<()>,
-    },
-    Snapshot {
-        name: Arc<str>,
-        seq: u64,
-        data: Vec<u8>,
-    },
-    Close {
-        reply: oneshot::Sender<()>,
-    },
+    Load { name: Arc<str>, reply: Reply<Loaded> },
+    Append { name: Arc<str>, seq: u64, data: Vec<u8>, origin: Arc<str>, reply: Reply<()> },
+    Snapshot { name: Arc<str>, seq: u64, data: Vec<u8> },
+    Close { reply: oneshot::Sender<()> },
 }
 
 /// Cloneable handle to the store thread.
@@ -95,22 +80,12 @@ impl std::fmt::Debug for Command {
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the thread.
     pub fn open(config: &Config) -> Result<Store, StoreError> {
-        let conn = open_connection(
-            &config.db,
-            config.sync,
-            Duration::from_millis(config.store_busy_timeout_ms),
-        )?;
+        let conn = open_connection(&config.db, config.sync, Duration::from_millis(config.store_busy_timeout_ms))?;
         let (tx, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let batch_max = config.store_batch_max.max(1);
         thread::Builder::new()
             .name("yserve-store".into())
-            .spawn(move || {
-                Worker {
-                    conn,
-                    ids: HashMap::new(),
-                }
-                .run(rx, batch_max)
-            })
+            .spawn(move || Worker { conn, ids: HashMap::new() }.run(rx, batch_max))
             .expect("spawn store thread");
         Ok(Store { tx })
     }
@@ -130,24 +105,12 @@ impl Store {
         origin: Arc<str>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Append {
-            name,
-            seq,
-            data,
-            origin,
-            reply,
-        })
-        .await?;
+        self.send(Command::Append { name, seq, data, origin, reply }).await?;
         Ok(rx)
     }
 
     /// Queues a snapshot; it commits with the batch it lands in, after every earlier append.
-    pub async fn snapshot(
-        &self,
-        name: Arc<str>,
-        seq: u64,
-        data: Vec<u8>,
-    ) -> Result<(), StoreError> {
+    pub async fn snapshot(&self, name: Arc<str>, seq: u64, data: Vec<u8>) -> Result<(), StoreError> {
         self.send(Command::Snapshot { name, seq, data }).await
     }
 
@@ -164,16 +127,10 @@ impl Store {
     }
 }
 
-pub fn open_connection(
-    path: &Path,
-    sync: SyncMode,
-    busy_timeout: Duration,
-) -> Result<Connection, StoreError> {
+pub fn open_connection(path: &Path, sync: SyncMode, busy_timeout: Duration) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::CreateDir {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::CreateDir { path: dir.display().to_string(), message: e.to_string() })?;
     }
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(busy_timeout)?;
@@ -263,30 +220,18 @@ impl Worker {
                 }
             }
         }
-        tracing::trace!(
-            commands = count,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "store batch"
-        );
+        tracing::trace!(commands = count, elapsed_us = started.elapsed().as_micros() as u64, "store batch");
     }
 
-    fn execute(
-        &mut self,
-        batch: impl Iterator<Item = Command>,
-        pending: &mut Vec<Pending>,
-    ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate);
+    fn execute(&mut self, batch: impl Iterator<Item = Command>, pending: &mut Vec<Pending>) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate);
         let tx = match tx {
             Ok(tx) => tx,
             Err(e) => {
                 // Still collect the replies so every caller hears about the failure.
                 for cmd in batch {
                     pending.push(match cmd {
-                        Command::Load { reply, .. } => {
-                            Pending::Load(reply, Err(StoreError::Closed))
-                        }
+                        Command::Load { reply, .. } => Pending::Load(reply, Err(StoreError::Closed)),
                         Command::Append { reply, .. } => Pending::Append(reply),
                         Command::Snapshot { .. } => continue,
                         Command::Close { reply } => Pending::Close(reply),
@@ -302,13 +247,7 @@ impl Worker {
                     let r = load(&tx, &name);
                     pending.push(Pending::Load(reply, r));
                 }
-                Command::Append {
-                    name,
-                    seq,
-                    data,
-                    origin,
-                    reply,
-                } => {
+                Command::Append { name, seq, data, origin, reply } => {
                     pending.push(Pending::Append(reply));
                     if first_error.is_none() {
                         if let Err(e) = append(&tx, &mut self.ids, &name, seq, &data, &origin) {
@@ -333,19 +272,14 @@ impl Worker {
     }
 }
 
-fn doc_id(
-    tx: &Connection,
-    ids: &mut HashMap<Arc<str>, i64>,
-    name: &Arc<str>,
-) -> Result<i64, StoreError> {
+fn doc_id(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>) -> Result<i64, StoreError> {
     if let Some(id) = ids.get(name) {
         return Ok(*id);
     }
     tx.prepare_cached("INSERT INTO documents(name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
         .execute(params![&**name])?;
-    let id: i64 = tx
-        .prepare_cached("SELECT id FROM documents WHERE name = ?1")?
-        .query_row(params![&**name], |r| r.get(0))?;
+    let id: i64 =
+        tx.prepare_cached("SELECT id FROM documents WHERE name = ?1")?.query_row(params![&**name], |r| r.get(0))?;
     ids.insert(name.clone(), id);
     Ok(id)
 }
@@ -386,28 +320,17 @@ fn load(tx: &Connection, name: &str) -> Result<Loaded, StoreError> {
         return Ok(Loaded::default());
     };
     let snapshot: Option<(u64, Vec<u8>)> = tx
-        .prepare_cached(
-            "SELECT seq, data FROM snapshots WHERE doc_id = ?1 ORDER BY seq DESC LIMIT 1",
-        )?
+        .prepare_cached("SELECT seq, data FROM snapshots WHERE doc_id = ?1 ORDER BY seq DESC LIMIT 1")?
         .query_row(params![id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
         .optional()?;
     let after = snapshot.as_ref().map_or(0, |(s, _)| *s);
-    let mut stmt = tx.prepare_cached(
-        "SELECT seq, data FROM updates WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq",
-    )?;
+    let mut stmt = tx.prepare_cached("SELECT seq, data FROM updates WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq")?;
     let tail = stmt
-        .query_map(params![id, after as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-        })?
+        .query_map(params![id, after as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
         .collect::<Result<Vec<(u64, Vec<u8>)>, _>>()?;
-    let last_seq: Option<i64> = tx
-        .prepare_cached("SELECT max(seq) FROM updates WHERE doc_id = ?1")?
-        .query_row(params![id], |r| r.get(0))?;
-    Ok(Loaded {
-        snapshot,
-        tail,
-        last_seq: last_seq.unwrap_or(0) as u64,
-    })
+    let last_seq: Option<i64> =
+        tx.prepare_cached("SELECT max(seq) FROM updates WHERE doc_id = ?1")?.query_row(params![id], |r| r.get(0))?;
+    Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64 })
 }
 
 #[cfg(test)]
@@ -415,18 +338,11 @@ mod tests {
     use super::*;
 
     fn config(dir: &Path) -> Config {
-        Config {
-            db: dir.join("sub/t.db"),
-            ..Config::default()
-        }
+        Config { db: dir.join("sub/t.db"), ..Config::default() }
     }
 
     fn tempdir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "yserve-store-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
+        let dir = std::env::temp_dir().join(format!("yserve-store-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -445,17 +361,9 @@ mod tests {
         assert_eq!(store.load(name.clone()).await.unwrap().last_seq, 0);
         let mut acks = Vec::new();
         for seq in 1..=5u64 {
-            acks.push(
-                store
-                    .append(name.clone(), seq, vec![seq as u8], origin.clone())
-                    .await
-                    .unwrap(),
-            );
+            acks.push(store.append(name.clone(), seq, vec![seq as u8], origin.clone()).await.unwrap());
         }
-        store
-            .snapshot(name.clone(), 3, b"snap".to_vec())
-            .await
-            .unwrap();
+        store.snapshot(name.clone(), 3, b"snap".to_vec()).await.unwrap();
         for ack in acks {
             ack.await.unwrap().unwrap();
         }
@@ -473,19 +381,10 @@ mod tests {
         let store = Store::open(&config(&dir)).unwrap();
         let name: Arc<str> = "d".into();
         let origin: Arc<str> = "test".into();
-        store
-            .append(name.clone(), 1, vec![1], origin.clone())
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap();
+        store.append(name.clone(), 1, vec![1], origin.clone()).await.unwrap().await.unwrap().unwrap();
         // Seq 1 again violates the primary key; it shares a batch with seq 2 only if both are
         // queued before the thread wakes, so check each outcome on its own terms.
-        let dup = store
-            .append(name.clone(), 1, vec![9], origin.clone())
-            .await
-            .unwrap();
+        let dup = store.append(name.clone(), 1, vec![9], origin.clone()).await.unwrap();
         assert!(dup.await.unwrap().is_err());
         let loaded = store.load(name).await.unwrap();
         assert_eq!(loaded.tail, vec![(1, vec![1])]);

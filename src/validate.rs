@@ -38,11 +38,7 @@ pub enum Hostile {
     #[error("update is truncated")]
     Truncated,
     #[error("update declares {count} {what} but only {remaining} bytes follow")]
-    CountTooLarge {
-        what: &'static str,
-        count: u64,
-        remaining: usize,
-    },
+    CountTooLarge { what: &'static str, count: u64, remaining: usize },
     #[error("update nests values {depth} deep, more than {max}")]
     TooDeep { depth: usize, max: usize },
     #[error("update clock range overflows")]
@@ -110,20 +106,13 @@ pub fn inspect_update_v1(data: &[u8], limits: &Limits) -> Result<Summary, Hostil
         let client = r.client()?;
         let start = r.u32()?;
         let mut clock = start;
-        let mut run = ClientRun {
-            client,
-            start,
-            end: start,
-            has_items: false,
-            gc: Vec::new(),
-        };
+        let mut run = ClientRun { client, start, end: start, has_items: false, gc: Vec::new() };
         for _ in 0..structs {
             let info = r.u8()?;
             let len = match info & 0b1_1111 {
                 0 => {
                     let len = r.nonzero_len()?;
-                    run.gc
-                        .push((clock, clock.checked_add(len).ok_or(Hostile::ClockOverflow)?));
+                    run.gc.push((clock, clock.checked_add(len).ok_or(Hostile::ClockOverflow)?));
                     len
                 }
                 10 => r.nonzero_len()?,
@@ -218,11 +207,7 @@ impl Reader<'_> {
         let count = self.var()?;
         let remaining = self.remaining();
         if count > remaining as u64 {
-            return Err(Hostile::CountTooLarge {
-                what,
-                count,
-                remaining,
-            });
+            return Err(Hostile::CountTooLarge { what, count, remaining });
         }
         Ok(count as u32)
     }
@@ -289,15 +274,13 @@ impl Reader<'_> {
                 // String: its clock length is its length in UTF-16 code units.
                 let s = self.string()?;
                 let len = s.encode_utf16().count();
-                u32::try_from(len)
-                    .map_err(|_| Hostile::ClockOverflow)
-                    .and_then(|l| {
-                        if l == 0 {
-                            Err(Hostile::EmptyBlock)
-                        } else {
-                            Ok(l)
-                        }
-                    })
+                u32::try_from(len).map_err(|_| Hostile::ClockOverflow).and_then(|l| {
+                    if l == 0 {
+                        Err(Hostile::EmptyBlock)
+                    } else {
+                        Ok(l)
+                    }
+                })
             }
             5 => self.json().map(|_| 1), // embed
             6 => {
@@ -358,17 +341,10 @@ impl Reader<'_> {
                     self.bytes()?;
                 }
                 tag @ (117 | 118) => {
-                    let n = self.count(if tag == 118 {
-                        "map entries"
-                    } else {
-                        "array values"
-                    })?;
+                    let n = self.count(if tag == 118 { "map entries" } else { "array values" })?;
                     if n > 0 {
                         if open.len() + 1 > limits.any_depth_max {
-                            return Err(Hostile::TooDeep {
-                                depth: open.len() + 1,
-                                max: limits.any_depth_max,
-                            });
+                            return Err(Hostile::TooDeep { depth: open.len() + 1, max: limits.any_depth_max });
                         }
                         open.push((n, tag == 118));
                         continue;
@@ -411,20 +387,12 @@ mod tests {
         let mut txn = doc.transact_mut();
         text.insert(&mut txn, 0, "héllo 😀 wörld");
         text.remove_range(&mut txn, 1, 3);
-        text.format(
-            &mut txn,
-            0,
-            2,
-            [("bold".into(), Any::Bool(true))].into_iter().collect(),
-        );
+        text.format(&mut txn, 0, 2, [("bold".into(), Any::Bool(true))].into_iter().collect());
         text.insert_embed(&mut txn, 1, Any::from(vec![Any::from(1.5), Any::Null]));
         map.insert(
             &mut txn,
             "k",
-            Any::from(std::collections::HashMap::from([(
-                "x".to_string(),
-                Any::from(vec![Any::from("s")]),
-            )])),
+            Any::from(std::collections::HashMap::from([("x".to_string(), Any::from(vec![Any::from("s")]))])),
         );
         map.insert(&mut txn, "n", yrs::MapPrelim::default());
         array.insert(&mut txn, 0, Any::Buffer(vec![1u8, 2, 3].into()));
@@ -443,9 +411,7 @@ mod tests {
         assert!(summary.runs[0].has_items);
         // The run's end is the client's next clock, as yrs counts it.
         let doc = Doc::new();
-        doc.transact_mut()
-            .apply_update(Update::decode_v1(&update).unwrap())
-            .unwrap();
+        doc.transact_mut().apply_update(Update::decode_v1(&update).unwrap()).unwrap();
         let sv = yrs::ReadTxn::state_vector(&doc.transact());
         assert_eq!(sv.get(&yrs::ClientID::new(7)), summary.runs[0].end);
         assert!(summary.deleted_ranges >= 1);
@@ -455,10 +421,7 @@ mod tests {
     fn every_truncation_of_a_real_update_is_refused() {
         let update = realistic_update();
         for cut in 0..update.len() {
-            assert!(
-                inspect_update_v1(&update[..cut], &limits()).is_err(),
-                "prefix {cut}"
-            );
+            assert!(inspect_update_v1(&update[..cut], &limits()).is_err(), "prefix {cut}");
         }
     }
 
@@ -471,10 +434,7 @@ mod tests {
         }
         u.push(126);
         u.push(0);
-        assert_eq!(
-            inspect_update_v1(&u, &limits()),
-            Err(Hostile::TooDeep { depth: 65, max: 64 })
-        );
+        assert_eq!(inspect_update_v1(&u, &limits()), Err(Hostile::TooDeep { depth: 65, max: 64 }));
         // 64 levels are fine, and yrs decodes them.
         let mut ok = vec![1, 1, 7, 0, 8, 1, 1, b'a', 1];
         ok.extend(std::iter::repeat_n([117u8, 1], 64).flatten());
@@ -487,21 +447,9 @@ mod tests {
     fn impossible_counts_are_refused_before_any_allocation() {
         // 5 bytes declaring 268 million clients.
         let u = [0x80, 0x80, 0x80, 0x80, 0x01];
-        assert!(matches!(
-            inspect_update_v1(&u, &limits()),
-            Err(Hostile::CountTooLarge {
-                what: "clients",
-                ..
-            })
-        ));
+        assert!(matches!(inspect_update_v1(&u, &limits()), Err(Hostile::CountTooLarge { what: "clients", .. })));
         let u = [1, 0xff, 0xff, 0x03, 7, 0];
-        assert!(matches!(
-            inspect_update_v1(&u, &limits()),
-            Err(Hostile::CountTooLarge {
-                what: "structs",
-                ..
-            })
-        ));
+        assert!(matches!(inspect_update_v1(&u, &limits()), Err(Hostile::CountTooLarge { what: "structs", .. })));
     }
 
     #[test]
@@ -510,41 +458,23 @@ mod tests {
         let mut u = vec![1, 1, 7];
         u.extend([0xfe, 0xff, 0xff, 0xff, 0x0f]);
         u.extend([0, 5, 0]);
-        assert_eq!(
-            inspect_update_v1(&u, &limits()),
-            Err(Hostile::ClockOverflow)
-        );
+        assert_eq!(inspect_update_v1(&u, &limits()), Err(Hostile::ClockOverflow));
     }
 
     #[test]
     fn gc_ranges_are_reported() {
         let u = [1, 1, 9, 3, 0, 100, 0];
         let s = inspect_update_v1(&u, &limits()).unwrap();
-        assert_eq!(
-            s.runs,
-            vec![ClientRun {
-                client: 9,
-                start: 3,
-                end: 103,
-                has_items: false,
-                gc: vec![(3, 103)]
-            }]
-        );
+        assert_eq!(s.runs, vec![ClientRun { client: 9, start: 3, end: 103, has_items: false, gc: vec![(3, 103)] }]);
     }
 
     #[test]
     fn unknown_kinds_and_oversized_client_ids_are_refused() {
-        assert_eq!(
-            inspect_update_v1(&[1, 1, 7, 0, 11, 1, 1, b'a', 0], &limits()),
-            Err(Hostile::UnknownContent(11))
-        );
+        assert_eq!(inspect_update_v1(&[1, 1, 7, 0, 11, 1, 1, b'a', 0], &limits()), Err(Hostile::UnknownContent(11)));
         let mut u = vec![1, 1];
         u.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]); // 2^63-ish
         u.extend([0, 0, 1, 0]);
-        assert!(matches!(
-            inspect_update_v1(&u, &limits()),
-            Err(Hostile::ClientIdOutOfRange(_))
-        ));
+        assert!(matches!(inspect_update_v1(&u, &limits()), Err(Hostile::ClientIdOutOfRange(_))));
     }
 
     #[test]
@@ -552,10 +482,8 @@ mod tests {
         // Bounded mutation test: flip, insert and delete bytes of a real update; whatever the
         // validator accepts, yrs decodes without panicking (it may still return an error, e.g.
         // for invalid JSON inside an embed, which is then refused as malformed).
-        let seed = std::env::var("YSERVE_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| fastrand::u64(..));
+        let seed =
+            std::env::var("YSERVE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
         println!("seed {seed}");
         let mut rng = fastrand::Rng::with_seed(seed);
         let base = realistic_update();
@@ -578,16 +506,10 @@ mod tests {
             if inspect_update_v1(&u, &limits()).is_ok() {
                 accepted += 1;
                 let decoded = std::panic::catch_unwind(|| Update::decode_v1(&u).is_ok());
-                assert!(
-                    decoded.is_ok(),
-                    "seed {seed}: yrs panicked decoding an accepted update: {u:?}"
-                );
+                assert!(decoded.is_ok(), "seed {seed}: yrs panicked decoding an accepted update: {u:?}");
             }
         }
-        assert!(
-            accepted > 100,
-            "mutations should often stay valid (got {accepted})"
-        );
+        assert!(accepted > 100, "mutations should often stay valid (got {accepted})");
     }
 
     fn base_doc() -> Doc {
@@ -604,49 +526,32 @@ mod tests {
 
     /// The legacy-JSON update found by mutation: it applies with `Ok` in yrs 0.28.1 and then
     /// every full-state encode of the document panics.
-    const BREAKS_ENCODING: [u8; 30] = [
-        1, 3, 2, 0, 162, 1, 5, 1, 6, 3, 88, 89, 90, 8, 1, 1, 97, 65, 119, 1, 118, 135, 2, 3, 1, 1,
-        1, 1, 0, 5,
-    ];
+    const BREAKS_ENCODING: [u8; 30] =
+        [1, 3, 2, 0, 162, 1, 5, 1, 6, 3, 88, 89, 90, 8, 1, 1, 97, 65, 119, 1, 118, 135, 2, 3, 1, 1, 1, 1, 0, 5];
 
     #[test]
     fn the_update_that_breaks_encoding_is_refused() {
-        assert_eq!(
-            inspect_update_v1(&BREAKS_ENCODING, &limits()),
-            Err(Hostile::LegacyJsonContent)
-        );
+        assert_eq!(inspect_update_v1(&BREAKS_ENCODING, &limits()), Err(Hostile::LegacyJsonContent));
         // Proof that it is dangerous: yrs accepts it and then cannot encode the document.
         let doc = base_doc();
-        doc.transact_mut()
-            .apply_update(Update::decode_v1(&BREAKS_ENCODING).unwrap())
-            .unwrap();
+        doc.transact_mut().apply_update(Update::decode_v1(&BREAKS_ENCODING).unwrap()).unwrap();
         let encode = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             yrs::ReadTxn::encode_state_as_update_v1(&doc.transact(), &yrs::StateVector::default())
         }));
-        assert!(
-            encode.is_err(),
-            "yrs was fixed: this vector no longer breaks encoding"
-        );
+        assert!(encode.is_err(), "yrs was fixed: this vector no longer breaks encoding");
     }
 
     #[test]
     fn mutated_updates_that_pass_apply_and_encode_without_panicking() {
         // decode -> validate -> apply -> encode, bounded: mutations of a second client's
         // edits applied to an existing document. Seeded; YSERVE_TEST_SEED replays.
-        let seed = std::env::var("YSERVE_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| fastrand::u64(..));
+        let seed =
+            std::env::var("YSERVE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
         println!("seed {seed}");
         let mut rng = fastrand::Rng::with_seed(seed);
         let peer = Doc::with_client_id(2);
-        let base = yrs::ReadTxn::encode_state_as_update_v1(
-            &base_doc().transact(),
-            &yrs::StateVector::default(),
-        );
-        peer.transact_mut()
-            .apply_update(Update::decode_v1(&base).unwrap())
-            .unwrap();
+        let base = yrs::ReadTxn::encode_state_as_update_v1(&base_doc().transact(), &yrs::StateVector::default());
+        peer.transact_mut().apply_update(Update::decode_v1(&base).unwrap()).unwrap();
         let before = yrs::ReadTxn::state_vector(&peer.transact());
         {
             let t = peer.get_or_insert_text("t");
@@ -662,11 +567,7 @@ mod tests {
         std::panic::set_hook(Box::new(|_| {}));
         let mut applied = 0;
         let mut failure = None;
-        for _ in 0..if cfg!(debug_assertions) {
-            5_000
-        } else {
-            60_000
-        } {
+        for _ in 0..if cfg!(debug_assertions) { 5_000 } else { 60_000 } {
             let mut u = update.clone();
             for _ in 0..rng.usize(1..4) {
                 let j = rng.usize(..u.len());
@@ -685,10 +586,7 @@ mod tests {
             let doc = base_doc();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if doc.transact_mut().apply_update(decoded).is_ok() {
-                    yrs::ReadTxn::encode_state_as_update_v1(
-                        &doc.transact(),
-                        &yrs::StateVector::default(),
-                    );
+                    yrs::ReadTxn::encode_state_as_update_v1(&doc.transact(), &yrs::StateVector::default());
                     true
                 } else {
                     false
@@ -704,10 +602,7 @@ mod tests {
             }
         }
         std::panic::set_hook(previous_hook);
-        assert_eq!(
-            failure, None,
-            "seed {seed}: an accepted update made yrs panic"
-        );
+        assert_eq!(failure, None, "seed {seed}: an accepted update made yrs panic");
         assert!(applied > 50, "mutations should often apply (got {applied})");
     }
 }

@@ -39,11 +39,7 @@ async fn sigterm_closes_connections_with_1001_and_exits_0() {
     a.wait_echo().await;
     let stopping = std::thread::spawn({
         let pid = server.pid();
-        move || {
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-        }
+        move || std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()
     });
     let (code, _) = a.closed_with().await;
     assert_eq!(code, 1001);
@@ -76,52 +72,26 @@ async fn snapshot_plus_tail_loads_the_same_state_as_the_full_log() {
 
     let (updates, snapshots) = read_db(&server.db_path(), "snap");
     assert_eq!(updates.len(), 35);
-    assert_eq!(
-        snapshots.iter().map(|s| s.0).collect::<Vec<_>>(),
-        vec![10, 20, 30]
-    );
+    assert_eq!(snapshots.iter().map(|s| s.0).collect::<Vec<_>>(), vec![10, 20, 30]);
     let full = text_of_updates(updates.iter().map(|(_, d)| d.as_slice()));
     assert_eq!(full, expected);
     for (seq, snapshot) in &snapshots {
         // Each snapshot equals the merge of the log up to its seq ...
-        let upto = text_of_updates(
-            updates
-                .iter()
-                .filter(|(s, _)| s <= seq)
-                .map(|(_, d)| d.as_slice()),
-        );
-        assert_eq!(
-            text_of_updates([snapshot.as_slice()]),
-            upto,
-            "snapshot at {seq}"
-        );
+        let upto = text_of_updates(updates.iter().filter(|(s, _)| s <= seq).map(|(_, d)| d.as_slice()));
+        assert_eq!(text_of_updates([snapshot.as_slice()]), upto, "snapshot at {seq}");
         // ... and the snapshot plus the later updates equals the whole log, state vector too.
-        let tail = updates
-            .iter()
-            .filter(|(s, _)| s > seq)
-            .map(|(_, d)| d.as_slice());
+        let tail = updates.iter().filter(|(s, _)| s > seq).map(|(_, d)| d.as_slice());
         let from_snapshot = doc_of(std::iter::once(snapshot.as_slice()).chain(tail));
         let from_log = doc_of(updates.iter().map(|(_, d)| d.as_slice()));
+        assert_eq!(from_snapshot.transact().state_vector(), from_log.transact().state_vector());
         assert_eq!(
-            from_snapshot.transact().state_vector(),
-            from_log.transact().state_vector()
-        );
-        assert_eq!(
-            from_snapshot
-                .get_or_insert_text("t")
-                .get_string(&from_snapshot.transact()),
-            from_log
-                .get_or_insert_text("t")
-                .get_string(&from_log.transact())
+            from_snapshot.get_or_insert_text("t").get_string(&from_snapshot.transact()),
+            from_log.get_or_insert_text("t").get_string(&from_log.transact())
         );
     }
     server.restart_after_crash();
     assert_eq!(Client::synced(&url).await.text(), expected);
-    assert!(
-        server.log().contains("snapshot=Some(30) tail=5"),
-        "loaded from the latest snapshot:\n{}",
-        server.log()
-    );
+    assert!(server.log().contains("snapshot=Some(30) tail=5"), "loaded from the latest snapshot:\n{}", server.log());
 }
 
 fn doc_of<'a>(updates: impl Iterator<Item = &'a [u8]>) -> Doc {
@@ -145,20 +115,13 @@ async fn a_reconnecting_client_that_repeats_known_state_adds_nothing_to_the_log(
     let doc = Doc::new();
     {
         let mut txn = doc.transact_mut();
-        let update = a
-            .doc
-            .transact()
-            .encode_state_as_update_v1(&Default::default());
-        txn.apply_update(Update::decode_v1(&update).unwrap())
-            .unwrap();
+        let update = a.doc.transact().encode_state_as_update_v1(&Default::default());
+        txn.apply_update(Update::decode_v1(&update).unwrap()).unwrap();
     }
     // Same content, so its SyncStep2 and a full re-send are all duplicates.
     let mut again = Client::connect_with_doc(&url, doc).await;
     again.sync().await;
-    let full = again
-        .doc
-        .transact()
-        .encode_state_as_update_v1(&Default::default());
+    let full = again.doc.transact().encode_state_as_update_v1(&Default::default());
     again.send(yserve::protocol::encode_update(full)).await;
     again.insert(3, "d").await;
     again.wait_echo().await;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth;
 mod awareness;
 mod durability;
 mod hostile;

@@ -88,15 +88,10 @@ async fn random_interleavings_of_edits_converge() {
     let mut texts = Vec::new();
     for c in clients.iter_mut().flatten() {
         let want = target.clone();
-        c.pump_until(|c| c.state_vector() == want, "convergence")
-            .await;
+        c.pump_until(|c| c.state_vector() == want, "convergence").await;
         texts.push(c.text());
     }
-    assert!(
-        texts.iter().all(|t| *t == fresh.text()),
-        "seed {seed}: diverged {texts:?} vs {:?}",
-        fresh.text()
-    );
+    assert!(texts.iter().all(|t| *t == fresh.text()), "seed {seed}: diverged {texts:?} vs {:?}", fresh.text());
 }
 
 /// Pumps whatever is immediately available (a short bounded read).

@@ -21,18 +21,10 @@ async fn upgrade_refused(url: &str, status: u16) -> String {
 async fn invalid_document_names_are_refused_with_400_at_the_upgrade() {
     let server = TestServer::start();
     let base = format!("ws://127.0.0.1:{}", server.port);
-    assert!(upgrade_refused(&format!("{base}/"), 400)
-        .await
-        .contains("empty"));
-    assert!(upgrade_refused(&format!("{base}/%FF%FE"), 400)
-        .await
-        .contains("UTF-8"));
-    assert!(upgrade_refused(&format!("{base}/a%0Ab"), 400)
-        .await
-        .contains("control"));
-    assert!(upgrade_refused(&format!("{base}/{}", "x".repeat(513)), 400)
-        .await
-        .contains("513"));
+    assert!(upgrade_refused(&format!("{base}/"), 400).await.contains("empty"));
+    assert!(upgrade_refused(&format!("{base}/%FF%FE"), 400).await.contains("UTF-8"));
+    assert!(upgrade_refused(&format!("{base}/a%0Ab"), 400).await.contains("control"));
+    assert!(upgrade_refused(&format!("{base}/{}", "x".repeat(513)), 400).await.contains("513"));
     // The longest valid name works.
     Client::synced(&format!("{base}/{}", "x".repeat(512))).await;
 }
@@ -85,7 +77,7 @@ async fn malformed_and_truncated_messages_close_with_1007() {
     }
     assert_eq!(peer.text(), "base");
     peers_unharmed(&server, "bad", peer).await;
-    assert!(server.log().contains("refused: malformed message (1007)"));
+    assert!(server.log().contains("refused: bad message") && server.log().contains("code=1007"));
 }
 
 #[tokio::test]
@@ -108,9 +100,7 @@ async fn a_consumer_that_stops_reading_is_closed_with_1013() {
     // buffers on loopback plus the 256 KiB queue.
     let chunk = "y".repeat(60_000);
     for _ in 0..400 {
-        writer
-            .edit(|t, txn| yrs::Text::insert(t, txn, 0, &chunk))
-            .await;
+        writer.edit(|t, txn| yrs::Text::insert(t, txn, 0, &chunk)).await;
         // The writer reads its echoes, so only `slow` falls behind.
         writer.wait_echo().await;
     }
@@ -137,11 +127,7 @@ async fn a_failed_commit_closes_the_document_with_1011_and_relays_nothing() {
     a.insert(10, "lost").await;
     assert_eq!(a.closed_with().await.0, 1011);
     assert_eq!(b.closed_with().await.0, 1011);
-    assert_eq!(
-        b.text(),
-        "committed ",
-        "the uncommitted update was never relayed"
-    );
+    assert_eq!(b.text(), "committed ", "the uncommitted update was never relayed");
     assert!(server.log().contains("commit failed"));
     lock.execute_batch("ROLLBACK").unwrap();
 
@@ -149,7 +135,5 @@ async fn a_failed_commit_closes_the_document_with_1011_and_relays_nothing() {
     let fresh = Client::synced(&url).await;
     assert_eq!(fresh.text(), "committed ");
     other.insert(0, "fine").await;
-    other
-        .pump_until(|c| c.text() == "fine", "other document still works")
-        .await;
+    other.pump_until(|c| c.text() == "fine", "other document still works").await;
 }

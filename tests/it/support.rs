@@ -14,9 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::updates::decoder::Decode;
-use yrs::{
-    ClientID, Doc, GetString, IdSet, ReadTxn, StateVector, Text, Transact, TransactionMut, Update,
-};
+use yrs::{ClientID, Doc, GetString, IdSet, ReadTxn, StateVector, Text, Transact, TransactionMut, Update};
 use yserve::protocol::{self, Inbound};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,12 +33,7 @@ impl TestServer {
 
     pub fn start_with(args: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut server = TestServer {
-            dir,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            port: 0,
-        };
+        let mut server = TestServer { dir, args: args.iter().map(|s| s.to_string()).collect(), child: None, port: 0 };
         server.spawn();
         server
     }
@@ -60,11 +53,7 @@ impl TestServer {
     fn spawn(&mut self) {
         // Same port on restart, so the address stays valid for the test.
         let addr = format!("127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_yserve"))
             .arg("serve")
             .args(["--addr", &addr, "--db"])
@@ -77,9 +66,7 @@ impl TestServer {
             .expect("spawn yserve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
         let port = line
             .trim()
             .strip_prefix("listening on http://")
@@ -97,20 +84,14 @@ impl TestServer {
     /// SIGTERM and wait; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
         assert!(status.success());
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status.code();
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "server did not exit after SIGTERM"
-            );
+            assert!(std::time::Instant::now() < deadline, "server did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -169,17 +150,9 @@ impl Client {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(None)
             .max_frame_size(None);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
-            .await
-            .expect("connect");
-        let mut client = Client {
-            doc,
-            ws,
-            awareness: Default::default(),
-            closed: None,
-            synced: false,
-            server_has: IdSet::new(),
-        };
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false).await.expect("connect");
+        let mut client =
+            Client { doc, ws, awareness: Default::default(), closed: None, synced: false, server_has: IdSet::new() };
         let sv = client.doc.transact().state_vector();
         client.send(protocol::encode_sync_step1(&sv)).await;
         client
@@ -197,16 +170,11 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: impl Into<bytes::Bytes>) {
-        self.ws
-            .send(Message::Binary(frame.into()))
-            .await
-            .expect("send");
+        self.ws.send(Message::Binary(frame.into())).await.expect("send");
     }
 
     pub fn text(&self) -> String {
-        self.doc
-            .get_or_insert_text("t")
-            .get_string(&self.doc.transact())
+        self.doc.get_or_insert_text("t").get_string(&self.doc.transact())
     }
 
     /// Edits the local doc and sends the resulting update.
@@ -230,15 +198,7 @@ impl Client {
     pub async fn set_awareness(&mut self, clock: u32, json: &str) {
         let client_id = ClientID::new(self.doc.client_id().get());
         let update = AwarenessUpdate {
-            clients: [(
-                client_id,
-                AwarenessUpdateEntry {
-                    clock,
-                    json: json.into(),
-                },
-            )]
-            .into_iter()
-            .collect(),
+            clients: [(client_id, AwarenessUpdateEntry { clock, json: json.into() })].into_iter().collect(),
         };
         self.send(protocol::encode_awareness(update)).await;
     }
@@ -253,22 +213,16 @@ impl Client {
             match frame {
                 Some(Ok(Message::Binary(b))) => self.handle(&b).await,
                 Some(Ok(Message::Close(frame))) => {
-                    self.closed = Some(frame.map_or((1005, String::new()), |f: CloseFrame| {
-                        (u16::from(f.code), f.reason.to_string())
-                    }));
+                    self.closed = Some(
+                        frame.map_or((1005, String::new()), |f: CloseFrame| (u16::from(f.code), f.reason.to_string())),
+                    );
                     if !cond(self) {
-                        panic!(
-                            "connection closed {:?} while waiting for {what}",
-                            self.closed
-                        );
+                        panic!("connection closed {:?} while waiting for {what}", self.closed);
                     }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => panic!("socket error while waiting for {what}: {e}"),
-                None => panic!(
-                    "socket ended while waiting for {what} (close {:?})",
-                    self.closed
-                ),
+                None => panic!("socket ended while waiting for {what} (close {:?})", self.closed),
             }
         }
     }
@@ -290,23 +244,16 @@ impl Client {
             }
             Inbound::SyncStep2(checked) => {
                 self.note_server_state(&checked);
-                self.doc
-                    .transact_mut()
-                    .apply_update(checked.update)
-                    .expect("apply");
+                self.doc.transact_mut().apply_update(checked.update).expect("apply");
                 self.synced = true;
             }
             Inbound::Update(checked) => {
                 self.note_server_state(&checked);
-                self.doc
-                    .transact_mut()
-                    .apply_update(checked.update)
-                    .expect("apply");
+                self.doc.transact_mut().apply_update(checked.update).expect("apply");
             }
             Inbound::Awareness(update) => {
                 for (id, entry) in update.clients {
-                    self.awareness
-                        .insert(id.get(), (entry.clock, entry.json.to_string()));
+                    self.awareness.insert(id.get(), (entry.clock, entry.json.to_string()));
                 }
             }
             _ => {}
@@ -321,18 +268,12 @@ impl Client {
     pub async fn wait_echo(&mut self) {
         let me = self.doc.client_id();
         let mine = self.state_vector().get(&me);
-        self.pump_until(
-            |c| covered_up_to(&c.server_has, me) >= mine,
-            "echo of own edits",
-        )
-        .await;
+        self.pump_until(|c| covered_up_to(&c.server_has, me) >= mine, "echo of own edits").await;
     }
 
     /// Whether a client id has a non-null awareness state, as this client last heard.
     pub fn sees_presence(&self, client_id: u64) -> bool {
-        self.awareness
-            .get(&client_id)
-            .is_some_and(|(_, json)| json != "null")
+        self.awareness.get(&client_id).is_some_and(|(_, json)| json != "null")
     }
 
     pub fn state_vector(&self) -> StateVector {
@@ -342,10 +283,7 @@ impl Client {
 
 /// A doc counting in UTF-16 code units, as JavaScript clients do.
 pub fn new_doc() -> Doc {
-    Doc::with_options(yrs::Options {
-        offset_kind: yrs::OffsetKind::Utf16,
-        ..Default::default()
-    })
+    Doc::with_options(yrs::Options { offset_kind: yrs::OffsetKind::Utf16, ..Default::default() })
 }
 
 /// Applies updates to a fresh doc and returns its text root "t".
@@ -355,8 +293,7 @@ pub fn text_of_updates<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Strin
     {
         let mut txn = doc.transact_mut();
         for u in updates {
-            txn.apply_update(Update::decode_v1(u).expect("decode"))
-                .expect("apply");
+            txn.apply_update(Update::decode_v1(u).expect("decode")).expect("apply");
         }
     }
     let s = text.get_string(&doc.transact());
@@ -366,17 +303,10 @@ pub fn text_of_updates<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Strin
 /// Reads the log and snapshots of a document straight from the database file.
 pub fn read_db(db: &Path, name: &str) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>) {
     let conn = rusqlite::Connection::open(db).expect("open db");
-    let id: i64 = conn
-        .query_row("SELECT id FROM documents WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .expect("doc row");
+    let id: i64 = conn.query_row("SELECT id FROM documents WHERE name = ?1", [name], |r| r.get(0)).expect("doc row");
     let rows = |sql: &str| -> Vec<(u64, Vec<u8>)> {
         let mut stmt = conn.prepare(sql).unwrap();
-        stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))).unwrap().map(Result::unwrap).collect()
     };
     (
         rows("SELECT seq, data FROM updates WHERE doc_id = ?1 ORDER BY seq"),
@@ -388,11 +318,7 @@ pub fn read_db(db: &Path, name: &str) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>
 pub async fn wait_for_log(server: &TestServer, needle: &str) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while !server.log().contains(needle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "log never contained {needle:?}:\n{}",
-            server.log()
-        );
+        assert!(tokio::time::Instant::now() < deadline, "log never contained {needle:?}:\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -413,9 +339,7 @@ impl TestServer {
 
     /// Waits for a server stopped from outside to exit.
     pub fn wait_exit(&mut self) -> Option<i32> {
-        self.child
-            .take()
-            .and_then(|mut c| c.wait().expect("wait").code())
+        self.child.take().and_then(|mut c| c.wait().expect("wait").code())
     }
 
     /// Starts again after a kill or an external stop.

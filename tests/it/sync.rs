@@ -21,9 +21,7 @@ async fn updates_are_relayed_to_every_connection_including_the_sender() {
     let mut echo_only = Client::synced(&server.url("relay")).await;
     a.insert(0, "x").await;
     b.pump_until(|c| c.text() == "x", "relay to peer").await;
-    echo_only
-        .pump_until(|c| c.text() == "x", "relay to third")
-        .await;
+    echo_only.pump_until(|c| c.text() == "x", "relay to third").await;
     a.wait_echo().await;
 }
 
@@ -46,12 +44,7 @@ async fn offline_edits_reconcile_on_reconnect() {
     returning.sync().await;
     returning.wait_echo().await;
     assert!(returning.text().contains("server side. "));
-    online
-        .pump_until(
-            |c| c.text().contains("offline edit"),
-            "relay of offline edit",
-        )
-        .await;
+    online.pump_until(|c| c.text().contains("offline edit"), "relay of offline edit").await;
     assert_eq!(online.text(), returning.text());
     let fresh = Client::synced(&url).await;
     assert_eq!(fresh.text(), online.text());
@@ -66,10 +59,7 @@ async fn documents_are_isolated_by_name_including_slashes_and_unicode() {
     let mut b = Client::synced(&server.url("team/notes")).await;
     b.insert(0, "B").await;
     b.wait_echo().await;
-    assert_eq!(
-        Client::synced(&server.url("team/notes/café")).await.text(),
-        "A"
-    );
+    assert_eq!(Client::synced(&server.url("team/notes/café")).await.text(), "A");
     assert_eq!(Client::synced(&server.url("team/notes")).await.text(), "B");
     let (updates, _) = crate::support::read_db(&server.db_path(), "team/notes/café");
     assert_eq!(updates.len(), 1);
@@ -89,11 +79,7 @@ async fn concurrent_joins_load_the_document_once() {
     let clients = futures::future::join_all(joins).await;
     assert!(clients.iter().all(|c| c.text() == "seed"));
     let log = server.log();
-    assert_eq!(
-        log.matches("document loaded").count(),
-        2,
-        "one load per lifetime:\n{log}"
-    );
+    assert_eq!(log.matches("document loaded").count(), 2, "one load per lifetime:\n{log}");
 }
 
 #[tokio::test]
@@ -112,10 +98,7 @@ async fn a_join_racing_an_unload_gets_the_full_state() {
         let reader = Client::synced(&url).await;
         assert_eq!(reader.text(), expected, "round {i}");
     }
-    assert!(
-        server.log().contains("document unloaded"),
-        "the unload path was exercised"
-    );
+    assert!(server.log().contains("document unloaded"), "the unload path was exercised");
 }
 
 #[tokio::test]
@@ -135,13 +118,11 @@ async fn query_awareness_returns_current_states() {
     let mut a = Client::synced(&server.url("query")).await;
     a.set_awareness(1, r#"{"user":"a"}"#).await;
     let id = a.doc.client_id().get();
-    a.pump_until(|c| c.sees_presence(id), "own awareness echo")
-        .await;
+    a.pump_until(|c| c.sees_presence(id), "own awareness echo").await;
     let mut b = Client::synced(&server.url("query")).await;
     b.awareness.clear();
     b.send(vec![3u8]).await;
-    b.pump_until(|c| c.sees_presence(id), "query-awareness answer")
-        .await;
+    b.pump_until(|c| c.sees_presence(id), "query-awareness answer").await;
 }
 
 #[tokio::test]
@@ -155,8 +136,5 @@ async fn many_small_updates_keep_their_order_and_content() {
     b.pump_until(|c| c.text().len() == 500, "500 updates").await;
     let (updates, _) = crate::support::read_db(&server.db_path(), "burst");
     assert_eq!(updates.len(), 500);
-    assert!(
-        updates.windows(2).all(|w| w[1].0 == w[0].0 + 1),
-        "seq strictly increasing by one"
-    );
+    assert!(updates.windows(2).all(|w| w[1].0 == w[0].0 + 1), "seq strictly increasing by one");
 }

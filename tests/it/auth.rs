@@ -1,0 +1,158 @@
+//! Auth at the upgrade (SPEC §4): 401/403 with reasons, read grants, expiry during a
+//! connection (4401), origin allow-list, the `token` subcommand, anonymous-mode binding.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use yserve::auth::{issue, Access, Secret};
+
+use crate::support::{read_db, Client, TestServer};
+
+const SECRET: &str = "test-secret";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn token(sub: &str, grants: &[(&str, Access)], exp: u64) -> String {
+    let secret: Secret = SECRET.parse().unwrap();
+    let grants: Vec<(String, Access)> = grants.iter().map(|(p, a)| (p.to_string(), *a)).collect();
+    issue(&secret, sub, &grants, exp).unwrap()
+}
+
+fn server() -> TestServer {
+    TestServer::start_with(&["--jwt-secret", SECRET])
+}
+
+/// Tries an upgrade; returns the HTTP status and `WWW-Authenticate` of a refusal.
+async fn refusal(request: impl IntoClientRequest + Unpin) -> (u16, Option<String>, String) {
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(r)) => (
+            r.status().as_u16(),
+            r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()),
+            String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Ok(_) => panic!("upgrade accepted"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn missing_invalid_and_expired_tokens_get_401_with_www_authenticate() {
+    let server = server();
+    let url = server.url("notes/a");
+    for (target, reason) in [
+        (url.clone(), "missing token"),
+        (format!("{url}?token=garbage"), "invalid token"),
+        (format!("{url}?token={}", token("alice", &[("*", Access::Write)], now() - 60)), "token expired"),
+        (
+            format!("{url}?token={}", issue(&"wrong".parse().unwrap(), "alice", &[], now() + 60).unwrap()),
+            "invalid token",
+        ),
+    ] {
+        let (status, www, body) = refusal(target.as_str()).await;
+        assert_eq!(status, 401, "{reason}");
+        assert!(www.unwrap().starts_with("Bearer"));
+        assert!(body.contains(reason), "{body:?} should say {reason:?}");
+    }
+    assert!(!server.log().contains("garbage"), "tokens never appear in logs");
+}
+
+#[tokio::test]
+async fn a_token_without_a_grant_for_the_document_gets_403() {
+    let server = server();
+    let t = token("alice", &[("notes/*", Access::Write)], now() + 60);
+    let (status, _, body) = refusal(format!("{}?token={t}", server.url("other")).as_str()).await;
+    assert_eq!((status, body.trim()), (403, "no grant for this document"));
+    Client::synced(&format!("{}?token={t}", server.url("notes/x"))).await;
+}
+
+#[tokio::test]
+async fn a_bearer_header_is_accepted_like_the_query_parameter() {
+    let server = server();
+    let t = token("alice", &[("*", Access::Write)], now() + 60);
+    let mut request = server.url("doc").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("bearer accepted");
+    drop(ws);
+}
+
+#[tokio::test]
+async fn read_grants_sync_but_their_updates_are_dropped() {
+    let server = server();
+    let writer_token = token("alice", &[("doc", Access::Write)], now() + 60);
+    let reader_token = token("bob", &[("doc", Access::Read)], now() + 60);
+    let mut writer = Client::synced(&format!("{}?token={writer_token}", server.url("doc"))).await;
+    writer.insert(0, "by alice").await;
+    writer.wait_echo().await;
+    let mut reader = Client::synced(&format!("{}?token={reader_token}", server.url("doc"))).await;
+    assert_eq!(reader.text(), "by alice");
+    reader.insert(0, "by bob ").await;
+    // The writer's next edit arrives at the reader; the reader's never reached anyone.
+    writer.insert(8, "!").await;
+    writer.wait_echo().await;
+    reader.pump_until(|c| c.text().ends_with('!'), "writer's edit at the reader").await;
+    assert_eq!(writer.text(), "by alice!");
+    let (updates, _) = read_db(&server.db_path(), "doc");
+    assert_eq!(updates.len(), 2);
+    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+    let origins: Vec<String> = conn
+        .prepare("SELECT origin FROM updates ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(origins, vec!["alice", "alice"], "origin is the token's user");
+    assert!(server.log().contains("dropping updates from a read-only connection"));
+}
+
+#[tokio::test]
+async fn a_token_that_expires_during_the_connection_closes_it_with_4401() {
+    let server = server();
+    // exp is 4 s ago: within the 5 s leeway at the upgrade, past it a second later.
+    let t = token("alice", &[("*", Access::Write)], now() - 4);
+    let mut c = Client::synced(&format!("{}?token={t}", server.url("doc"))).await;
+    assert_eq!(c.closed_with().await, (4401, "token expired".into()));
+}
+
+#[tokio::test]
+async fn an_origin_outside_the_allow_list_gets_403() {
+    let server = TestServer::start_with(&["--allowed-origin", "https://app.example"]);
+    let mut request = server.url("doc").into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    let (status, _, body) = refusal(request).await;
+    assert_eq!((status, body.trim()), (403, "origin not allowed"));
+    let mut allowed = server.url("doc").into_client_request().unwrap();
+    allowed.headers_mut().insert("origin", "https://app.example".parse().unwrap());
+    tokio_tungstenite::connect_async(allowed).await.expect("allowed origin");
+    Client::synced(&server.url("doc")).await; // no Origin header: not a browser
+}
+
+#[tokio::test]
+async fn the_token_command_prints_a_token_the_server_accepts() {
+    let server = server();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yserve"))
+        .args(["token", "--sub", "carol", "--doc", "team/*=write", "--ttl", "1h", "--jwt-secret", SECRET])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut c = Client::synced(&format!("{}?token={t}", server.url("team/x"))).await;
+    c.insert(0, "hi").await;
+    c.wait_echo().await;
+    let (status, _, _) = refusal(format!("{}?token={t}", server.url("elsewhere")).as_str()).await;
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn anonymous_mode_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yserve"))
+        .args(["serve", "--addr", "0.0.0.0:0", "--db"])
+        .arg(dir.path().join("x.db"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-anonymous"));
+}
