@@ -38,6 +38,8 @@ const MAILBOX_MESSAGES_MAX: usize = 1024;
 /// Tunables of every document, from `Config`.
 #[derive(Debug, Clone)]
 pub struct DocSettings {
+    /// Identity binding (auth on): a client id belongs to the first user who wrote with it.
+    pub bind_client_ids: bool,
     pub snapshot_updates: u64,
     pub snapshot_bytes: u64,
     pub awareness_timeout: Duration,
@@ -45,15 +47,9 @@ pub struct DocSettings {
 
 pub enum DocMsg {
     /// A connection joins; the actor sends it SyncStep1 and the current awareness states.
-    Join {
-        conn: ConnId,
-        outbox: OutboxSender,
-        origin: Arc<str>,
-    },
-    Inbound {
-        conn: ConnId,
-        msg: Inbound,
-    },
+    Join { conn: ConnId, outbox: OutboxSender, origin: Arc<str> },
+    /// A message from a connection; `user` is its authenticated user (the log's origin).
+    Inbound { conn: ConnId, user: Arc<str>, msg: Inbound },
     /// Commit what is pending, close every connection with 1001 and stop.
     Shutdown,
 }
@@ -114,6 +110,8 @@ pub(crate) struct DocActor {
     settings: DocSettings,
     doc: Doc,
     presence: Presence,
+    /// Client id → user who first wrote with it (identity binding), as stored.
+    owners: HashMap<u64, Arc<str>>,
     conns: HashMap<ConnId, Conn>,
     shared: Arc<DocShared>,
     last_seq: u64,
@@ -146,6 +144,7 @@ impl DocActor {
             settings,
             doc: Doc::with_options(Options { offset_kind: OffsetKind::Utf16, ..Options::default() }),
             presence: Presence::default(),
+            owners: HashMap::new(),
             conns: HashMap::new(),
             shared: shared.clone(),
             last_seq: 0,
@@ -255,6 +254,7 @@ impl DocActor {
             }
         }
         self.last_seq = loaded.last_seq;
+        self.owners = loaded.owners.into_iter().map(|(client, user)| (client, user.into())).collect();
         self.since_snapshot_updates = tail_len as u64;
         tracing::debug!(
             doc = %self.name,
@@ -282,12 +282,12 @@ impl DocActor {
                     self.park(Parked::To(conn, protocol::encode_awareness(states)));
                 }
             }
-            DocMsg::Inbound { conn, msg } => self.handle_inbound(conn, msg).await,
+            DocMsg::Inbound { conn, user, msg } => self.handle_inbound(conn, user, msg).await,
             DocMsg::Shutdown => self.shutting_down = true,
         }
     }
 
-    async fn handle_inbound(&mut self, conn: ConnId, msg: Inbound) {
+    async fn handle_inbound(&mut self, conn: ConnId, user: Arc<str>, msg: Inbound) {
         match msg {
             Inbound::SyncStep1(sv) => {
                 if self.conns.contains_key(&conn) {
@@ -302,15 +302,19 @@ impl DocActor {
                 }
                 // Updates of a connection that already left are still applied: edits are
                 // never dropped for want of a reply address.
-                let origin = match self.conns.get(&conn) {
-                    Some(c) => c.origin.clone(),
-                    None => Arc::from("anonymous"),
-                };
-                self.apply_update(conn, update, origin).await;
+                self.apply_update(conn, update, user).await;
             }
             Inbound::Awareness(update) => {
                 if !self.conns.contains_key(&conn) {
                     return; // would be owned by a connection that is gone
+                }
+                let Some(c) = self.conns.get(&conn) else { return };
+                if let Some(client) =
+                    update.clients.keys().map(|id| id.get()).find(|id| self.owned_by_other(*id, &c.origin))
+                {
+                    tracing::warn!(conn, doc = %self.name, user = %c.origin, client, "refused: awareness for another user's client id (1008)");
+                    self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id"));
+                    return;
                 }
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.own.extend(update.clients.keys().map(|id| id.get()));
@@ -330,6 +334,21 @@ impl DocActor {
 
     async fn apply_update(&mut self, conn: ConnId, checked: Checked, origin: Arc<str>) {
         let Checked { update, summary } = checked;
+        // Identity binding: new structs for a client id bound to another user are refused;
+        // unbound client ids the update writes are claimed for this user with the update.
+        let sv = self.doc.transact().state_vector();
+        let new_clients: Vec<u64> =
+            summary.runs.iter().filter(|r| r.end > sv.get(&yrs::ClientID::new(r.client))).map(|r| r.client).collect();
+        if let Some(client) = new_clients.iter().copied().find(|c| self.owned_by_other(*c, &origin)) {
+            tracing::warn!(conn, doc = %self.name, user = %origin, client, "refused: update for another user's client id (1008)");
+            self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id"));
+            return;
+        }
+        let claims: Vec<u64> = if self.settings.bind_client_ids {
+            new_clients.into_iter().filter(|c| !self.owners.contains_key(c)).collect()
+        } else {
+            Vec::new()
+        };
         if let Some(client) = self.squatted_client(conn, &summary) {
             tracing::warn!(conn, doc = %self.name, client, "refused: GC range over another client's clocks (1008)");
             self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id squatting"));
@@ -372,7 +391,10 @@ impl DocActor {
         self.since_snapshot_updates += 1;
         self.since_snapshot_bytes += delta.len() as u64;
         let relay = protocol::encode_update(delta.clone());
-        let ack = match self.store.append(self.name.as_arc().clone(), seq, delta, origin).await {
+        for client in &claims {
+            self.owners.insert(*client, origin.clone());
+        }
+        let ack = match self.store.append_claiming(self.name.as_arc().clone(), seq, delta, origin, claims).await {
             Ok(ack) => ack,
             Err(e) => {
                 tracing::error!(doc = %self.name, error = %e, "store unavailable");
@@ -410,6 +432,10 @@ impl DocActor {
             let speaks_for = run.has_items || own.is_some_and(|o| o.contains(&run.client));
             (known > 0 && extends && !speaks_for).then_some(run.client)
         })
+    }
+
+    fn owned_by_other(&self, client: u64, user: &str) -> bool {
+        self.settings.bind_client_ids && self.owners.get(&client).is_some_and(|owner| &**owner != user)
     }
 
     fn refuse(&mut self, conn: ConnId, reason: CloseReason) {

@@ -33,6 +33,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let store = Store::open(&config)?;
     let settings = DocSettings {
+        bind_client_ids: !auth.is_anonymous(),
         snapshot_updates: config.snapshot_updates.max(1),
         snapshot_bytes: config.snapshot_bytes.max(1),
         awareness_timeout: Duration::from_millis(config.awareness_timeout_ms.max(10)),

@@ -133,7 +133,7 @@ where
                         }
                     }
                     Ok(msg) => {
-                        if attachment.handle.send(DocMsg::Inbound { conn, msg }).await.is_err() {
+                        if attachment.handle.send(DocMsg::Inbound { conn, user: user.clone(), msg }).await.is_err() {
                             refusal = Some(gone());
                         }
                     }

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Config, SyncMode};
 
 /// The numbered migrations in `schema/`, applied in order via `PRAGMA user_version`.
-const MIGRATIONS: &[&str] = &[include_str!("../schema/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../schema/0001_init.sql"), include_str!("../schema/0002_client_owners.sql")];
 
 /// Commands queued for the store thread; a bound keeps a flood of updates from growing
 /// memory without limit (senders wait, which back-pressures the document actors).
@@ -49,13 +50,27 @@ pub struct Loaded {
     pub tail: Vec<(u64, Vec<u8>)>,
     /// The highest seq of the document, 0 if it has no update.
     pub last_seq: u64,
+    /// Client id → the user who first wrote with it (identity binding).
+    pub owners: Vec<(u64, String)>,
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// One update to log, with the client ids it binds to its origin user.
+#[derive(Debug)]
+pub struct Append {
+    pub name: Arc<str>,
+    pub seq: u64,
+    pub data: Vec<u8>,
+    pub origin: Arc<str>,
+    /// Client ids first written by `origin` in this update.
+    pub claims: Vec<u64>,
+    reply: Reply<()>,
+}
+
 enum Command {
     Load { name: Arc<str>, reply: Reply<Loaded> },
-    Append { name: Arc<str>, seq: u64, data: Vec<u8>, origin: Arc<str>, reply: Reply<()> },
+    Append(Append),
     Snapshot { name: Arc<str>, seq: u64, data: Vec<u8> },
     Close { reply: oneshot::Sender<()> },
 }
@@ -70,7 +85,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Load { name, .. } => write!(f, "Load({name})"),
-            Command::Append { name, seq, .. } => write!(f, "Append({name}, {seq})"),
+            Command::Append(a) => write!(f, "Append({}, {})", a.name, a.seq),
             Command::Snapshot { name, seq, .. } => write!(f, "Snapshot({name}, {seq})"),
             Command::Close { .. } => write!(f, "Close"),
         }
@@ -104,8 +119,20 @@ impl Store {
         data: Vec<u8>,
         origin: Arc<str>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        self.append_claiming(name, seq, data, origin, Vec::new()).await
+    }
+
+    /// `append`, also binding `claims` (client ids) to `origin` in the same transaction.
+    pub async fn append_claiming(
+        &self,
+        name: Arc<str>,
+        seq: u64,
+        data: Vec<u8>,
+        origin: Arc<str>,
+        claims: Vec<u64>,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Append { name, seq, data, origin, reply }).await?;
+        self.send(Command::Append(Append { name, seq, data, origin, claims, reply })).await?;
         Ok(rx)
     }
 
@@ -232,7 +259,7 @@ impl Worker {
                 for cmd in batch {
                     pending.push(match cmd {
                         Command::Load { reply, .. } => Pending::Load(reply, Err(StoreError::Closed)),
-                        Command::Append { reply, .. } => Pending::Append(reply),
+                        Command::Append(a) => Pending::Append(a.reply),
                         Command::Snapshot { .. } => continue,
                         Command::Close { reply } => Pending::Close(reply),
                     });
@@ -247,13 +274,13 @@ impl Worker {
                     let r = load(&tx, &name);
                     pending.push(Pending::Load(reply, r));
                 }
-                Command::Append { name, seq, data, origin, reply } => {
-                    pending.push(Pending::Append(reply));
+                Command::Append(a) => {
                     if first_error.is_none() {
-                        if let Err(e) = append(&tx, &mut self.ids, &name, seq, &data, &origin) {
+                        if let Err(e) = append(&tx, &mut self.ids, &a) {
                             first_error = Some(e);
                         }
                     }
+                    pending.push(Pending::Append(a.reply));
                 }
                 Command::Snapshot { name, seq, data } => {
                     if first_error.is_none() {
@@ -284,17 +311,18 @@ fn doc_id(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>) ->
     Ok(id)
 }
 
-fn append(
-    tx: &Connection,
-    ids: &mut HashMap<Arc<str>, i64>,
-    name: &Arc<str>,
-    seq: u64,
-    data: &[u8],
-    origin: &str,
-) -> Result<(), StoreError> {
-    let id = doc_id(tx, ids, name)?;
-    tx.prepare_cached("INSERT INTO updates(doc_id, seq, data, origin) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![id, seq as i64, data, origin])?;
+fn append(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, a: &Append) -> Result<(), StoreError> {
+    let id = doc_id(tx, ids, &a.name)?;
+    tx.prepare_cached("INSERT INTO updates(doc_id, seq, data, origin) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
+        id,
+        a.seq as i64,
+        a.data,
+        &*a.origin
+    ])?;
+    for client in &a.claims {
+        tx.prepare_cached("INSERT OR IGNORE INTO client_owners(doc_id, client_id, user_id) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, *client as i64, &*a.origin])?;
+    }
     Ok(())
 }
 
@@ -330,7 +358,11 @@ fn load(tx: &Connection, name: &str) -> Result<Loaded, StoreError> {
         .collect::<Result<Vec<(u64, Vec<u8>)>, _>>()?;
     let last_seq: Option<i64> =
         tx.prepare_cached("SELECT max(seq) FROM updates WHERE doc_id = ?1")?.query_row(params![id], |r| r.get(0))?;
-    Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64 })
+    let owners = tx
+        .prepare_cached("SELECT client_id, user_id FROM client_owners WHERE doc_id = ?1")?
+        .query_map(params![id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64, owners })
 }
 
 #[cfg(test)]

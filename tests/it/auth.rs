@@ -156,3 +156,51 @@ fn anonymous_mode_refuses_a_non_loopback_address() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-anonymous"));
 }
+
+fn doc_with_client(id: u64) -> yrs::Doc {
+    yrs::Doc::with_options(yrs::Options { client_id: yrs::ClientID::new(id), ..Default::default() })
+}
+
+#[tokio::test]
+async fn a_client_id_belongs_to_the_first_user_who_wrote_with_it_across_restarts() {
+    let mut server = server();
+    let alice = token("alice", &[("doc", Access::Write)], now() + 600);
+    let bob = token("bob", &[("doc", Access::Write)], now() + 600);
+    let base = server.url("doc"); // the port stays the same across restarts
+    let url = |t: &str| format!("{base}?token={t}");
+    let mut a = Client::connect_with_doc(&url(&alice), doc_with_client(4242)).await;
+    a.sync().await;
+    a.insert(0, "alice's").await;
+    a.wait_echo().await;
+    drop(a);
+    server.restart();
+
+    // Bob writing new structs with Alice's client id is refused ...
+    let mut b = Client::connect_with_doc(&url(&bob), doc_with_client(4242)).await;
+    b.sync().await;
+    b.edit(|t, txn| yrs::Text::insert(t, txn, 0, "forged ")).await;
+    assert_eq!(b.closed_with().await, (1008, "client-id".into()));
+    // ... and so is awareness for it, even from an otherwise honest client.
+    let mut b2 = Client::synced(&url(&bob)).await;
+    let forged = yrs::sync::awareness::AwarenessUpdate {
+        clients: [(yrs::ClientID::new(4242), yrs::sync::awareness::AwarenessUpdateEntry { clock: 9, json: "{}".into() })]
+            .into_iter()
+            .collect(),
+    };
+    b2.send(yserve::protocol::encode_awareness(forged)).await;
+    assert_eq!(b2.closed_with().await, (1008, "client-id".into()));
+
+    // Alice reconnecting with her own client id is fine; Bob with his own id too.
+    let mut a = Client::connect_with_doc(&url(&alice), doc_with_client(4242)).await;
+    a.sync().await;
+    a.insert(0, "still ").await;
+    a.wait_echo().await;
+    let mut b3 = Client::synced(&url(&bob)).await;
+    b3.insert(0, "bob ").await;
+    b3.wait_echo().await;
+    assert_eq!(Client::synced(&url(&alice)).await.text(), "bob still alice's");
+    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+    let owner: String =
+        conn.query_row("SELECT user_id FROM client_owners WHERE client_id = 4242", [], |r| r.get(0)).unwrap();
+    assert_eq!(owner, "alice");
+}
