@@ -109,6 +109,46 @@ pub struct Config {
     #[arg(long, env = "YSERVE_UPDATE_DEPTH_MAX", default_value_t = 64)]
     pub update_depth_max: usize,
 
+    /// Per-user message rate (token bucket shared by the user's connections); beyond it
+    /// the connection is closed with 1008 "rate limited".
+    #[arg(long, env = "YSERVE_RATE_MESSAGES_PER_SEC", default_value_t = 300.0)]
+    pub rate_messages_per_sec: f64,
+
+    #[arg(long, env = "YSERVE_RATE_MESSAGES_BURST", default_value_t = 3000.0)]
+    pub rate_messages_burst: f64,
+
+    /// Per-user inbound bytes per second.
+    #[arg(long, env = "YSERVE_RATE_BYTES_PER_SEC", default_value_t = 8.0 * 1024.0 * 1024.0)]
+    pub rate_bytes_per_sec: f64,
+
+    /// Per-user inbound byte burst; at least one maximal message fits.
+    #[arg(long, env = "YSERVE_RATE_BYTES_BURST", default_value_t = 64.0 * 1024.0 * 1024.0)]
+    pub rate_bytes_burst: f64,
+
+    /// Connections one user may hold; more get 429 at the upgrade.
+    #[arg(long, env = "YSERVE_CONNECTIONS_PER_USER_MAX", default_value_t = 100)]
+    pub connections_per_user_max: usize,
+
+    /// Connections the server holds; more get 503 at the upgrade.
+    #[arg(long, env = "YSERVE_CONNECTIONS_MAX", default_value_t = 50_000)]
+    pub connections_max: usize,
+
+    /// How often the server pings an idle connection.
+    #[arg(long, env = "YSERVE_PING_INTERVAL_MS", default_value_t = 30_000)]
+    pub ping_interval_ms: u64,
+
+    /// A connection with no message and no pong for this long is closed with 4408.
+    #[arg(long, env = "YSERVE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Largest awareness state (JSON) one client may publish; larger: 1008.
+    #[arg(long, env = "YSERVE_AWARENESS_STATE_BYTES_MAX", default_value_t = 64 * 1024)]
+    pub awareness_state_bytes_max: usize,
+
+    /// Awareness client ids one connection may announce; more: 1008.
+    #[arg(long, env = "YSERVE_AWARENESS_CLIENTS_PER_CONNECTION_MAX", default_value_t = 8)]
+    pub awareness_clients_per_connection_max: usize,
+
     /// Bytes waiting to be written to one connection before it is closed with 1013.
     #[arg(long, env = "YSERVE_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 32 * 1024 * 1024)]
     pub outbound_queue_bytes_max: usize,

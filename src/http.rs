@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -22,14 +22,15 @@ use warp::{Filter, Rejection, Reply};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::docname::DocName;
+use crate::limits::{key_for, ConnRefusal, LimitSettings, Limiter};
 use crate::registry::Registry;
-use crate::session::{self, SessionParams, Sessions};
-use crate::validate::Limits;
+use crate::session::{self, SessionParams, SessionSettings, Sessions};
 
 /// What the routes share.
 pub struct AppState {
     pub config: Config,
     pub auth: Auth,
+    pub limiter: Arc<Limiter>,
     pub registry: Arc<Registry>,
     pub sessions: Arc<Sessions>,
     next_conn: AtomicU64,
@@ -37,7 +38,16 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, auth: Auth, registry: Arc<Registry>) -> Arc<AppState> {
-        Arc::new(AppState { config, auth, registry, sessions: Arc::default(), next_conn: AtomicU64::new(1) })
+        let limiter = Limiter::new(LimitSettings {
+            messages_per_sec: config.rate_messages_per_sec,
+            messages_burst: config.rate_messages_burst,
+            // At least one largest message must fit the burst.
+            bytes_per_sec: config.rate_bytes_per_sec,
+            bytes_burst: config.rate_bytes_burst.max(config.message_bytes_max as f64),
+            connections_per_user_max: config.connections_per_user_max,
+            connections_max: config.connections_max,
+        });
+        Arc::new(AppState { config, auth, limiter, registry, sessions: Arc::default(), next_conn: AtomicU64::new(1) })
     }
 
     fn ws_config(&self) -> WebSocketConfig {
@@ -151,6 +161,21 @@ fn upgrade_document(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: 
         tracing::warn!(doc = %doc, user = %identity.user, "refused upgrade: no grant for the document (403)");
         return plain(StatusCode::FORBIDDEN, "no grant for this document");
     };
+    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let key = key_for(&identity.user, state.auth.is_anonymous(), conn);
+    let permit = match state.limiter.admit(key, Instant::now()) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            let status = match refusal {
+                ConnRefusal::PerUser => StatusCode::TOO_MANY_REQUESTS,
+                ConnRefusal::Global => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            tracing::warn!(doc = %doc, user = %identity.user, %status, "refused upgrade: {refusal}");
+            let mut response = plain(status, &refusal.to_string());
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return response;
+        }
+    };
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return plain(StatusCode::BAD_REQUEST, "unsupported websocket version (need 13)");
     }
@@ -161,7 +186,6 @@ fn upgrade_document(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: 
         return plain(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
     };
     let accept = derive_accept_key(key.as_bytes());
-    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let ws_config = state.ws_config();
     let guard = state.sessions.enter();
     tokio::spawn(async move {
@@ -180,8 +204,9 @@ fn upgrade_document(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: 
             user: identity.user,
             access,
             expires_in: identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix()))),
-            outbound_queue_bytes_max: state.config.outbound_queue_bytes_max,
-            limits: Limits { any_depth_max: state.config.update_depth_max },
+            permit,
+            limiter: state.limiter.clone(),
+            settings: SessionSettings::from(&state.config),
         };
         session::run(ws, state.registry.clone(), params).await;
     });

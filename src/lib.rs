@@ -6,6 +6,7 @@ pub mod config;
 pub mod docname;
 pub mod document;
 pub mod http;
+pub mod limits;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;

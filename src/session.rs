@@ -6,8 +6,12 @@
 //! and are logged with the connection id and document; the document is not involved.
 //! Called by `http` after the upgrade; knows nothing of warp.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
+use yrs::sync::AwarenessUpdate;
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,8 +22,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::Access;
+use crate::config::Config;
 use crate::docname::DocName;
 use crate::document::DocMsg;
+use crate::limits::{ConnPermit, Limiter};
 use crate::outbox::{outbox, Next};
 use crate::presence::ConnId;
 use crate::protocol::{self, close, CloseReason, Inbound};
@@ -72,6 +78,30 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Per-connection limits, from `Config`.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub outbound_queue_bytes_max: usize,
+    pub update_limits: Limits,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub awareness_state_bytes_max: usize,
+    pub awareness_clients_max: usize,
+}
+
+impl From<&Config> for SessionSettings {
+    fn from(c: &Config) -> Self {
+        SessionSettings {
+            outbound_queue_bytes_max: c.outbound_queue_bytes_max,
+            update_limits: Limits { any_depth_max: c.update_depth_max },
+            ping_interval: Duration::from_millis(c.ping_interval_ms.max(10)),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms.max(10)),
+            awareness_state_bytes_max: c.awareness_state_bytes_max,
+            awareness_clients_max: c.awareness_clients_per_connection_max,
+        }
+    }
+}
+
 pub struct SessionParams {
     pub conn: ConnId,
     pub doc: DocName,
@@ -80,15 +110,21 @@ pub struct SessionParams {
     pub access: Access,
     /// When the token expires (4401); `None` when anonymous.
     pub expires_in: Option<Duration>,
-    pub outbound_queue_bytes_max: usize,
-    pub limits: Limits,
+    /// This connection's slot in the connection caps and its rate-limit key.
+    pub permit: ConnPermit,
+    pub limiter: Arc<Limiter>,
+    pub settings: SessionSettings,
 }
 
 pub async fn run<S>(mut ws: WebSocketStream<S>, registry: Arc<Registry>, params: SessionParams)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let SessionParams { conn, doc, user, access, expires_in, outbound_queue_bytes_max, limits } = params;
+    let SessionParams { conn, doc, user, access, expires_in, permit, limiter, settings } = params;
+    let mut ping = tokio::time::interval(settings.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut awareness_clients: HashSet<u64> = HashSet::new();
     let expiry = tokio::time::sleep(expires_in.unwrap_or(Duration::from_secs(10 * 365 * 86_400)));
     tokio::pin!(expiry);
     let mut dropped_updates = 0u64;
@@ -100,7 +136,7 @@ where
         }
     };
     tracing::debug!(conn, doc = %doc, user = %user, ?access, "connection opened");
-    let (sender, outbox) = outbox(outbound_queue_bytes_max);
+    let (sender, outbox) = outbox(settings.outbound_queue_bytes_max);
     let join = DocMsg::Join { conn, outbox: sender, origin: user.clone() };
     let mut refusal = attachment.handle.send(join).await.err().map(|_| gone());
 
@@ -118,9 +154,26 @@ where
                 tracing::info!(conn, doc = %doc, user = %user, "closing: token expired (4401)");
                 refusal = Some(CloseReason::new(close::TOKEN_EXPIRED, "token expired"));
             }
-            msg = ws.next() => match msg {
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= settings.idle_timeout {
+                    tracing::info!(conn, doc = %doc, user = %user, "closing: no message or pong (4408)");
+                    refusal = Some(CloseReason::new(close::IDLE_TIMEOUT, "idle timeout"));
+                } else if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            msg = ws.next() => {
+                // Any frame, pongs included, shows the peer is alive.
+                if let Some(Ok(_)) = &msg {
+                    last_heard = Instant::now();
+                }
+                match msg {
                 None => break,
-                Some(Ok(Message::Binary(frame))) => match protocol::decode_frame_with(&frame, &limits) {
+                Some(Ok(Message::Binary(frame))) if !limiter.allow_message(permit.key(), frame.len(), Instant::now().into_std()) => {
+                    tracing::warn!(conn, doc = %doc, user = %user, bytes = frame.len(), "refused: rate limited (1008)");
+                    refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "rate limited"));
+                }
+                Some(Ok(Message::Binary(frame))) => match protocol::decode_frame_with(&frame, &settings.update_limits) {
                     Ok(Inbound::Auth | Inbound::Unknown(_)) => {}
                     // Read grants sync and share awareness; their updates are dropped (not
                     // applied, stored or relayed), counted, and logged once.
@@ -131,6 +184,10 @@ where
                                 tracing::warn!(conn, doc = %doc, user = %user, "dropping updates from a read-only connection");
                             }
                         }
+                    }
+                    Ok(Inbound::Awareness(update)) if !awareness_allowed(&update, &mut awareness_clients, &settings) => {
+                        tracing::warn!(conn, doc = %doc, user = %user, "refused: awareness over its limits (1008)");
+                        refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "awareness too large"));
                     }
                     Ok(msg) => {
                         if attachment.handle.send(DocMsg::Inbound { conn, user: user.clone(), msg }).await.is_err() {
@@ -156,7 +213,7 @@ where
                     tracing::debug!(conn, doc = %doc, error = %e, "connection error");
                     break;
                 }
-            },
+            }},
         }
     }
     // Whatever ends the session, the actor stops queueing for it; dropping the attachment
@@ -174,6 +231,16 @@ where
 
 fn gone() -> CloseReason {
     CloseReason::new(close::INTERNAL_ERROR, "document unavailable")
+}
+
+/// Awareness caps: each state's JSON size, and how many client ids one connection speaks
+/// for (a page normally has one).
+fn awareness_allowed(update: &AwarenessUpdate, announced: &mut HashSet<u64>, settings: &SessionSettings) -> bool {
+    if update.clients.values().any(|e| e.json.len() > settings.awareness_state_bytes_max) {
+        return false;
+    }
+    announced.extend(update.clients.keys().map(|c| c.get()));
+    announced.len() <= settings.awareness_clients_max
 }
 
 /// Sends a close frame and waits (bounded) for the peer's, so the code reaches the client.

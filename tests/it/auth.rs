@@ -183,9 +183,12 @@ async fn a_client_id_belongs_to_the_first_user_who_wrote_with_it_across_restarts
     // ... and so is awareness for it, even from an otherwise honest client.
     let mut b2 = Client::synced(&url(&bob)).await;
     let forged = yrs::sync::awareness::AwarenessUpdate {
-        clients: [(yrs::ClientID::new(4242), yrs::sync::awareness::AwarenessUpdateEntry { clock: 9, json: "{}".into() })]
-            .into_iter()
-            .collect(),
+        clients: [(
+            yrs::ClientID::new(4242),
+            yrs::sync::awareness::AwarenessUpdateEntry { clock: 9, json: "{}".into() },
+        )]
+        .into_iter()
+        .collect(),
     };
     b2.send(yserve::protocol::encode_awareness(forged)).await;
     assert_eq!(b2.closed_with().await, (1008, "client-id".into()));

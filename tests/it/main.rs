@@ -7,6 +7,7 @@ mod auth;
 mod awareness;
 mod durability;
 mod hostile;
+mod limits;
 mod property;
 mod refusals;
 mod sync;
