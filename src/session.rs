@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use yrs::sync::AwarenessUpdate;
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -244,14 +244,33 @@ fn awareness_allowed(update: &AwarenessUpdate, announced: &mut HashSet<u64>, set
 }
 
 /// Sends a close frame and waits (bounded) for the peer's, so the code reaches the client.
+/// After a refused oversized message the WebSocket stream is mid-frame and unusable; the
+/// rest is then read raw and discarded, because closing a socket with unread input sends
+/// a TCP reset that can destroy our close frame before the client reads it.
 async fn close_with<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // tungstenite gives up on a stream after a capacity error and reports it ended.
+    let broken = reason.code == close::MESSAGE_TOO_BIG;
     let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
     if ws.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
-    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+    let drain = async {
+        while !broken {
+            match ws.next().await {
+                Some(Ok(_)) => continue,
+                None => return,
+                Some(Err(_)) => break,
+            }
+        }
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = ws.get_mut().read(&mut sink).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
 }
