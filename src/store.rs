@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, SyncMode};
@@ -251,32 +252,32 @@ impl Worker {
     }
 
     fn execute(&mut self, batch: impl Iterator<Item = Command>, pending: &mut Vec<Pending>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate);
-        let tx = match tx {
-            Ok(tx) => tx,
-            Err(e) => {
-                // Still collect the replies so every caller hears about the failure.
-                for cmd in batch {
-                    pending.push(match cmd {
-                        Command::Load { reply, .. } => Pending::Load(reply, Err(StoreError::Closed)),
-                        Command::Append(a) => Pending::Append(a.reply),
-                        Command::Snapshot { .. } => continue,
-                        Command::Close { reply } => Pending::Close(reply),
-                    });
-                }
-                return Err(e.into());
+        // Cached statements for the transaction itself: at one update per commit (light
+        // load), re-parsing BEGIN/COMMIT showed in profiles. One timestamp per batch.
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let conn = &self.conn;
+        if let Err(e) = conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
+            // Still collect the replies so every caller hears about the failure.
+            for cmd in batch {
+                pending.push(match cmd {
+                    Command::Load { reply, .. } => Pending::Load(reply, Err(StoreError::Closed)),
+                    Command::Append(a) => Pending::Append(a.reply),
+                    Command::Snapshot { .. } => continue,
+                    Command::Close { reply } => Pending::Close(reply),
+                });
             }
-        };
+            return Err(e.into());
+        }
         let mut first_error = None;
         for cmd in batch {
             match cmd {
                 Command::Load { name, reply } => {
-                    let r = load(&tx, &name);
+                    let r = load(conn, &name);
                     pending.push(Pending::Load(reply, r));
                 }
                 Command::Append(a) => {
                     if first_error.is_none() {
-                        if let Err(e) = append(&tx, &mut self.ids, &a) {
+                        if let Err(e) = append(conn, &mut self.ids, &a, &now) {
                             first_error = Some(e);
                         }
                     }
@@ -284,7 +285,7 @@ impl Worker {
                 }
                 Command::Snapshot { name, seq, data } => {
                     if first_error.is_none() {
-                        if let Err(e) = snapshot(&tx, &mut self.ids, &name, seq, &data) {
+                        if let Err(e) = snapshot(conn, &mut self.ids, &name, seq, &data, &now) {
                             first_error = Some(e);
                         }
                     }
@@ -292,36 +293,40 @@ impl Worker {
                 Command::Close { reply } => pending.push(Pending::Close(reply)),
             }
         }
-        match first_error {
-            Some(e) => Err(e), // dropping `tx` rolls back
-            None => tx.commit().map_err(StoreError::from),
+        let result = match first_error {
+            Some(e) => Err(e),
+            None => conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map(|_| ()).map_err(StoreError::from),
+        };
+        if result.is_err() && !conn.is_autocommit() {
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "rollback failed");
+            }
         }
+        result
     }
 }
 
-fn doc_id(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>) -> Result<i64, StoreError> {
+fn doc_id(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>, now: &str) -> Result<i64, StoreError> {
     if let Some(id) = ids.get(name) {
         return Ok(*id);
     }
-    tx.prepare_cached("INSERT INTO documents(name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
-        .execute(params![&**name])?;
+    tx.prepare_cached("INSERT INTO documents(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING")?
+        .execute(params![&**name, now])?;
     let id: i64 =
         tx.prepare_cached("SELECT id FROM documents WHERE name = ?1")?.query_row(params![&**name], |r| r.get(0))?;
     ids.insert(name.clone(), id);
     Ok(id)
 }
 
-fn append(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, a: &Append) -> Result<(), StoreError> {
-    let id = doc_id(tx, ids, &a.name)?;
-    tx.prepare_cached("INSERT INTO updates(doc_id, seq, data, origin) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
-        id,
-        a.seq as i64,
-        a.data,
-        &*a.origin
-    ])?;
+fn append(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &str) -> Result<(), StoreError> {
+    let id = doc_id(tx, ids, &a.name, now)?;
+    tx.prepare_cached("INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![id, a.seq as i64, a.data, &*a.origin, now])?;
     for client in &a.claims {
-        tx.prepare_cached("INSERT OR IGNORE INTO client_owners(doc_id, client_id, user_id) VALUES (?1, ?2, ?3)")?
-            .execute(params![id, *client as i64, &*a.origin])?;
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO client_owners(doc_id, client_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![id, *client as i64, &*a.origin, now])?;
     }
     Ok(())
 }
@@ -332,10 +337,11 @@ fn snapshot(
     name: &Arc<str>,
     seq: u64,
     data: &[u8],
+    now: &str,
 ) -> Result<(), StoreError> {
-    let id = doc_id(tx, ids, name)?;
-    tx.prepare_cached("INSERT OR REPLACE INTO snapshots(doc_id, seq, data) VALUES (?1, ?2, ?3)")?
-        .execute(params![id, seq as i64, data])?;
+    let id = doc_id(tx, ids, name, now)?;
+    tx.prepare_cached("INSERT OR REPLACE INTO snapshots(doc_id, seq, data, created_at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, seq as i64, data, now])?;
     Ok(())
 }
 

@@ -134,3 +134,31 @@ fn write_var(out: &mut Vec<u8>, mut v: u64) {
     }
     out.push(v as u8);
 }
+
+#[tokio::test]
+async fn an_update_that_makes_yrs_panic_is_refused_and_the_document_rebuilt() {
+    let mut server = TestServer::start();
+    // The document the fuzzer ran against: client 1's text and map.
+    let doc = Doc::with_client_id(1);
+    {
+        let t = doc.get_or_insert_text("t");
+        let m = doc.get_or_insert_map("m");
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, 0, "hello world");
+        t.remove_range(&mut txn, 2, 3);
+        m.insert(&mut txn, "k", Any::from(1.0));
+    }
+    let mut peer = Client::connect_with_doc(&server.url("panics"), doc).await;
+    peer.sync().await;
+    peer.wait_echo().await;
+    // Found by `cargo fuzz run update` (fuzz/seeds/yrs_panic): passes validation, and yrs
+    // 0.28.1 panics on it (`unreachable!` in update.rs).
+    let crash = [
+        0x03, 0x01, 0x00, 0x02, 0x03, 0x01, 0x01, 0x00, 0x01, 0x00, 0x01, 0x01, 0x09, 0x03, 0x00, 0x03, 0x00, 0x01,
+        0x00, 0x01, 0x01, 0x2b, 0x03, 0x00, 0x03, 0x01, 0x00, 0x00, 0x03, 0x01,
+    ];
+    let (code, reason) = refused_with(&server, "panics", &crash).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(server.log().contains("rebuilding it from the store"));
+    document_healthy(&mut server, "panics", peer, 2).await;
+}
