@@ -36,6 +36,10 @@ use crate::store::{Store, StoreError};
 /// last snapshot writes one, so that its next load replays no tail.
 const SNAPSHOT_ON_UNLOAD_UPDATES_MIN: u64 = 16;
 
+/// Updates one connection may have waiting for missing dependencies, and their bytes.
+const HELD_UPDATES_MAX: usize = 256;
+const HELD_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// Messages queued for one document; the bound back-pressures sessions, not the actor.
 const MAILBOX_MESSAGES_MAX: usize = 1024;
 
@@ -88,6 +92,10 @@ struct Conn {
     /// Client ids this connection has shown it speaks for: announced in its awareness or
     /// written with items. Only these may extend a known client's clocks with GC ranges.
     own: HashSet<u64>,
+    /// Updates that cannot apply yet (they build on clocks the document does not have),
+    /// kept out of yrs until their dependencies arrive; see `apply_update`.
+    held: VecDeque<Checked>,
+    held_bytes: usize,
 }
 
 /// A frame to send once every commit up to a ticket is durable.
@@ -285,7 +293,8 @@ impl DocActor {
                     outbox.close(CloseReason::new(close::GOING_AWAY, "server shutting down"));
                     return;
                 }
-                self.conns.insert(conn, Conn { outbox, origin, own: HashSet::new() });
+                self.conns
+                    .insert(conn, Conn { outbox, origin, own: HashSet::new(), held: VecDeque::new(), held_bytes: 0 });
                 // As the y-websocket server: SyncStep1 first, then who is here.
                 let step1 = protocol::encode_sync_step1(&self.doc.transact().state_vector());
                 self.park(Parked::To(conn, step1));
@@ -343,8 +352,63 @@ impl DocActor {
         }
     }
 
+    /// Applies an update, then any held update it makes applicable.
+    ///
+    /// yrs keeps updates with missing dependencies "pending", and in 0.28.1 that path is
+    /// unsound (the fuzz target found a use-after-free in `BlockStore::split_block` there).
+    /// So yrs only ever gets updates that apply completely; the others wait here, per
+    /// connection and bounded. The stock client can legitimately send one: right after
+    /// reconnecting it sends new local edits before its SyncStep2 carries the offline edits
+    /// they build on. Held updates of a connection that ends are dropped: the client
+    /// uploads everything the server lacks when it reconnects.
     async fn apply_update(&mut self, conn: ConnId, checked: Checked, origin: Arc<str>) {
-        let Checked { update, summary } = checked;
+        let mut next = Some((conn, checked, origin));
+        while let Some((conn, checked, origin)) = next.take() {
+            let sv = self.doc.transact().state_vector();
+            if let Some((client, clock)) = checked.summary.first_missing_dependency(|c| sv.get(&yrs::ClientID::new(c)))
+            {
+                self.hold(conn, checked, client, clock);
+                return;
+            }
+            if !self.apply_ready(conn, checked, origin).await {
+                return;
+            }
+            next = self.take_ready_held();
+        }
+    }
+
+    fn hold(&mut self, conn: ConnId, checked: Checked, client: u64, clock: u32) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.held.len() >= HELD_UPDATES_MAX || c.held_bytes + checked.bytes > HELD_BYTES_MAX {
+            tracing::warn!(conn, doc = %self.name, user = %c.origin, client, clock, "refused: too many updates waiting for missing dependencies (1008)");
+            self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "missing dependencies"));
+            return;
+        }
+        tracing::debug!(conn, doc = %self.name, client, clock, "holding an update until its dependencies arrive");
+        c.held_bytes += checked.bytes;
+        c.held.push_back(checked);
+    }
+
+    /// The first held update (of any connection) that now applies completely.
+    fn take_ready_held(&mut self) -> Option<(ConnId, Checked, Arc<str>)> {
+        let sv = self.doc.transact().state_vector();
+        for (id, c) in self.conns.iter_mut().filter(|(_, c)| !c.held.is_empty()) {
+            let ready = c
+                .held
+                .iter()
+                .position(|h| h.summary.first_missing_dependency(|k| sv.get(&yrs::ClientID::new(k))).is_none());
+            if let Some(i) = ready {
+                let held = c.held.remove(i).expect("index from position");
+                c.held_bytes -= held.bytes;
+                return Some((*id, held, c.origin.clone()));
+            }
+        }
+        None
+    }
+
+    /// Applies an update that applies completely; `false` if it was refused.
+    async fn apply_ready(&mut self, conn: ConnId, checked: Checked, origin: Arc<str>) -> bool {
+        let Checked { update, summary, .. } = checked;
         // Identity binding: new structs for a client id bound to another user are refused;
         // unbound client ids the update writes are claimed for this user with the update.
         let sv = self.doc.transact().state_vector();
@@ -353,7 +417,7 @@ impl DocActor {
         if let Some(client) = new_clients.iter().copied().find(|c| self.owned_by_other(*c, &origin)) {
             tracing::warn!(conn, doc = %self.name, user = %origin, client, "refused: update for another user's client id (1008)");
             self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id"));
-            return;
+            return false;
         }
         let claims: Vec<u64> = if self.settings.bind_client_ids {
             new_clients.into_iter().filter(|c| !self.owners.contains_key(c)).collect()
@@ -363,7 +427,7 @@ impl DocActor {
         if let Some(client) = self.squatted_client(conn, &summary) {
             tracing::warn!(conn, doc = %self.name, client, "refused: GC range over another client's clocks (1008)");
             self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id squatting"));
-            return;
+            return false;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.own.extend(summary.runs.iter().filter(|r| r.has_items).map(|r| r.client));
@@ -382,18 +446,18 @@ impl DocActor {
         }));
         let delta = match applied {
             Ok(Ok(Some(delta))) => delta,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return true,
             Ok(Err(e)) => {
                 tracing::warn!(conn, doc = %self.name, error = %e, "refused: update does not apply (1007)");
                 self.refuse(conn, CloseReason::new(close::INVALID_PAYLOAD, "update does not apply"));
                 self.rebuild().await;
-                return;
+                return false;
             }
             Err(_) => {
                 tracing::warn!(conn, doc = %self.name, "refused: update breaks the document (1008); rebuilding it from the store");
                 self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "update breaks the document"));
                 self.rebuild().await;
-                return;
+                return false;
             }
         };
         self.last_seq += 1;
@@ -410,7 +474,7 @@ impl DocActor {
             Err(e) => {
                 tracing::error!(doc = %self.name, error = %e, "store unavailable");
                 self.inflight.push_back(futures::future::ready((u64::MAX, Err(e))).boxed());
-                return;
+                return false;
             }
         };
         self.issued += 1;
@@ -428,6 +492,7 @@ impl DocActor {
         {
             self.write_snapshot(seq).await;
         }
+        true
     }
 
     /// A GC range beyond the document's clock for a client the document already knows, sent

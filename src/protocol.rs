@@ -73,6 +73,8 @@ pub enum Inbound {
 pub struct Checked {
     pub update: Update,
     pub summary: Summary,
+    /// Encoded size, for bounding what is held back.
+    pub bytes: usize,
 }
 
 impl std::ops::Deref for Checked {
@@ -162,11 +164,12 @@ pub fn check_update(bytes: &[u8], limits: &Limits) -> Result<Checked, DecodeErro
         | Hostile::CountTooLarge { .. }
         | Hostile::ClockOverflow
         | Hostile::ClientIdOutOfRange(_)
-        | Hostile::LegacyJsonContent => DecodeError::Hostile(h),
+        | Hostile::LegacyJsonContent
+        | Hostile::Subdocument => DecodeError::Hostile(h),
         other => DecodeError::Invalid(other),
     })?;
     let update = Update::decode_v1(bytes).map_err(malformed("update"))?;
-    Ok(Checked { update, summary })
+    Ok(Checked { update, summary, bytes: bytes.len() })
 }
 
 pub fn encode_sync_step1(sv: &StateVector) -> Bytes {
