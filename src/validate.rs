@@ -49,6 +49,8 @@ pub enum Hostile {
     EmptyBlock,
     #[error("update has legacy JSON content, which yrs cannot re-encode")]
     LegacyJsonContent,
+    #[error("update repeats client {0}")]
+    RepeatedClient(u64),
     #[error("update has a subdocument, which yserve does not support")]
     Subdocument,
     #[error("update has unknown content kind {0}")]
@@ -137,6 +139,11 @@ pub fn inspect_update_v1(data: &[u8], limits: &Limits) -> Result<Summary, Hostil
     for _ in 0..clients {
         let structs = r.count("structs")?;
         let client = r.client()?;
+        // Yjs writes one group per client. yrs appends a repeated group's blocks to the first
+        // one's without checking that the clocks line up, leaving a list it then mishandles.
+        if summary.runs.iter().any(|run| run.client == client) {
+            return Err(Hostile::RepeatedClient(client));
+        }
         let start = r.u32()?;
         let mut clock = start;
         let mut run = ClientRun { client, start, end: start, has_items: false, gc: Vec::new(), has_skip: false };
@@ -529,6 +536,16 @@ mod tests {
             Some((8, 2))
         );
         assert_eq!(s.first_missing_dependency(|c| if c == 8 { 3 } else { 0 }), None);
+    }
+
+    #[test]
+    fn a_client_repeated_in_one_update_is_refused() {
+        // Found by the fuzz target (fuzz/seeds/use_after_free_squash): yrs 0.28.1 appends the
+        // second group to the first whatever its clock, and later frees a block in use.
+        let seed = include_bytes!("../fuzz/seeds/use_after_free_squash");
+        assert_eq!(inspect_update_v1(seed, &limits()), Err(Hostile::RepeatedClient(1)));
+        let twice = [2, 1, 9, 0, 0, 1, 1, 9, 5, 0, 1, 0];
+        assert_eq!(inspect_update_v1(&twice, &limits()), Err(Hostile::RepeatedClient(9)));
     }
 
     #[test]

@@ -168,16 +168,27 @@ async fn updates_with_missing_dependencies_never_reach_yrs() {
         0xd8, 0x03, 0x01, 0x01, 0x00, 0x03, 0x01, 0x01, 0x03, 0x01, 0x01, 0x00, 0xf4, 0x32, 0x12, 0x00, 0x00, 0x03,
         0x01, 0x01, 0x76,
     ];
-    let mut sender = Client::synced(&server.url("gaps")).await;
-    sender.send(update_frame(&panics)).await;
-    sender.send(update_frame(&use_after_free)).await;
-    crate::support::wait_for_log(&server, "holding an update until its dependencies arrive").await;
-    peer.insert(0, "ok ").await;
-    peer.wait_echo().await;
-    sender.pump_until(|c| c.text() == peer.text(), "sender still served").await;
-    assert!(sender.closed.is_none());
+    // Each is either held (it has a gap) or refused outright (it also repeats a client);
+    // either way yrs never applies it and the sender is never served a broken document.
+    for input in [&panics[..], &use_after_free[..]] {
+        let mut sender = Client::synced(&server.url("gaps")).await;
+        sender.send(update_frame(input)).await;
+        peer.insert(0, "ok ").await;
+        peer.wait_echo().await;
+        let want = peer.text();
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            sender.pump_until(|c| c.closed.is_some() || c.text() == want, "held or refused").await;
+        })
+        .await;
+        assert!(outcome.is_ok());
+        match &sender.closed {
+            None => assert_eq!(sender.text(), want),
+            Some((code, _)) => assert!([1007, 1008].contains(code), "{code}"),
+        }
+    }
+    assert!(server.log().contains("holding an update") || server.log().contains("refused: bad message"));
     assert_eq!(Client::synced(&server.url("gaps")).await.text(), peer.text());
-    assert_eq!(read_db(&server.db_path(), "gaps").0.len(), 2, "nothing held was stored");
+    assert_eq!(read_db(&server.db_path(), "gaps").0.len(), 3, "only the peer's edits were stored");
 }
 
 #[tokio::test]
@@ -198,6 +209,7 @@ async fn an_edit_sent_before_the_offline_upload_is_held_until_it_applies() {
     back.wait_echo().await;
     assert!(back.closed.is_none());
     assert_eq!(Client::synced(&url).await.text(), "base offline then online");
+    assert!(server.log().contains("holding an update until its dependencies arrive"), "the hold path was taken");
 }
 
 #[tokio::test]
