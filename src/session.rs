@@ -265,7 +265,9 @@ where
                 Some(Err(_)) => break,
             }
         }
-        let mut sink = [0u8; 4096];
+        // On the heap, and only here: an array in this future would be reserved in every
+        // session task's state (4 KiB per idle connection).
+        let mut sink = vec![0u8; 4096];
         while let Ok(n) = ws.get_mut().read(&mut sink).await {
             if n == 0 {
                 return;
