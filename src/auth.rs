@@ -310,6 +310,40 @@ mod tests {
     }
 
     #[test]
+    fn public_keys_select_their_algorithm_and_refuse_the_others() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
+        let read = |f: &str| std::fs::read(format!("{keys}{f}")).unwrap();
+        let claims = serde_json::json!({"sub": "alice", "exp": 4_000_000_000u64, "docs": {"*": "write"}});
+        for (public, private, alg, encoding) in [
+            ("ed.pub", "ed.key", Algorithm::EdDSA, EncodingKey::from_ed_pem as fn(&[u8]) -> _),
+            ("ec.pub", "ec8.key", Algorithm::ES256, EncodingKey::from_ec_pem),
+            ("rsa.pub", "rsa.key", Algorithm::RS256, EncodingKey::from_rsa_pem),
+        ] {
+            let auth = Auth::new(AuthSettings {
+                secret: None,
+                public_key_pem: Some((public, read(public))),
+                audience: None,
+                issuer: None,
+            })
+            .unwrap();
+            let token = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding(&read(private)).unwrap()).unwrap();
+            assert_eq!(&*auth.authenticate(Some(&token), 0).unwrap().user, "alice", "{alg:?}");
+            // An HS256 token "signed" with the public key bytes (key confusion) is refused.
+            let confused =
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&read(public)))
+                    .unwrap();
+            assert!(matches!(auth.authenticate(Some(&confused), 0), Err(AuthError::Invalid(_))), "{alg:?}");
+        }
+        let bad = Auth::new(AuthSettings {
+            secret: None,
+            public_key_pem: Some(("x", b"not a key".to_vec())),
+            audience: None,
+            issuer: None,
+        });
+        assert!(matches!(bad, Err(KeyError::UnknownKey(_))));
+    }
+
+    #[test]
     fn grants_and_durations_parse() {
         assert_eq!(parse_grant("notes/*=write").unwrap(), ("notes/*".into(), Access::Write));
         assert_eq!(parse_grant("a=b=read").unwrap(), ("a=b".into(), Access::Read));
