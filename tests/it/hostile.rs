@@ -60,17 +60,8 @@ async fn an_update_declaring_impossible_counts_is_refused() {
 async fn an_update_that_would_break_encoding_is_refused_and_joiners_still_sync() {
     let mut server = TestServer::start();
     let url = server.url("breaks");
-    // The document the vector was found against: client 1's text and map.
-    let doc = Doc::with_client_id(1);
-    {
-        let t = doc.get_or_insert_text("t");
-        let m = doc.get_or_insert_map("m");
-        let mut txn = doc.transact_mut();
-        t.insert(&mut txn, 0, "hello world");
-        t.remove_range(&mut txn, 2, 3);
-        m.insert(&mut txn, "k", Any::from(1.0));
-    }
-    let mut peer = Client::connect_with_doc(&url, doc).await;
+    // The vector was found against the same document as the fuzz inputs.
+    let mut peer = Client::connect_with_doc(&url, fuzz_base_doc()).await;
     peer.sync().await;
     peer.wait_echo().await;
     // Applies cleanly in yrs 0.28.1 and then makes every full-state encode panic.
