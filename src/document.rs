@@ -325,9 +325,7 @@ impl DocActor {
                 self.apply_update(conn, update, user).await;
             }
             Inbound::Awareness(update) => {
-                if !self.conns.contains_key(&conn) {
-                    return; // would be owned by a connection that is gone
-                }
+                // Awareness of a connection that is gone would be owned by nobody.
                 let Some(c) = self.conns.get(&conn) else { return };
                 if let Some(client) =
                     update.clients.keys().map(|id| id.get()).find(|id| self.owned_by_other(*id, &c.origin))
@@ -370,7 +368,7 @@ impl DocActor {
                 self.hold(conn, checked, client, clock);
                 return;
             }
-            if !self.apply_ready(conn, checked, origin).await {
+            if !self.apply_ready(conn, checked, origin, &sv).await {
                 return;
             }
             next = self.take_ready_held();
@@ -391,6 +389,9 @@ impl DocActor {
 
     /// The first held update (of any connection) that now applies completely.
     fn take_ready_held(&mut self) -> Option<(ConnId, Checked, Arc<str>)> {
+        if self.conns.values().all(|c| c.held.is_empty()) {
+            return None;
+        }
         let sv = self.doc.transact().state_vector();
         for (id, c) in self.conns.iter_mut().filter(|(_, c)| !c.held.is_empty()) {
             let ready = c
@@ -407,11 +408,11 @@ impl DocActor {
     }
 
     /// Applies an update that applies completely; `false` if it was refused.
-    async fn apply_ready(&mut self, conn: ConnId, checked: Checked, origin: Arc<str>) -> bool {
+    /// `sv` is the doc's state vector before it.
+    async fn apply_ready(&mut self, conn: ConnId, checked: Checked, origin: Arc<str>, sv: &StateVector) -> bool {
         let Checked { update, summary, .. } = checked;
         // Identity binding: new structs for a client id bound to another user are refused;
         // unbound client ids the update writes are claimed for this user with the update.
-        let sv = self.doc.transact().state_vector();
         let new_clients: Vec<u64> =
             summary.runs.iter().filter(|r| r.end > sv.get(&yrs::ClientID::new(r.client))).map(|r| r.client).collect();
         if let Some(client) = new_clients.iter().copied().find(|c| self.owned_by_other(*c, &origin)) {
@@ -424,7 +425,7 @@ impl DocActor {
         } else {
             Vec::new()
         };
-        if let Some(client) = self.squatted_client(conn, &summary) {
+        if let Some(client) = self.squatted_client(conn, &summary, sv) {
             tracing::warn!(conn, doc = %self.name, client, "refused: GC range over another client's clocks (1008)");
             self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id squatting"));
             return false;
@@ -432,10 +433,11 @@ impl DocActor {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.own.extend(summary.runs.iter().filter(|r| r.has_items).map(|r| r.client));
         }
-        // Some updates apply cleanly and leave the doc so that encoding panics (an item whose
-        // parent cannot be resolved, y-crdt#391). Encoding the transaction's delta touches
-        // every new block, so it trips on them here, inside `catch_unwind`, before anything
-        // is stored or relayed. The doc is then poisoned and rebuilt from the store.
+        // Defence in depth: `validate` refuses every input known to make yrs panic, but a
+        // panic inside apply (or the delta encode) is still contained here, before anything
+        // is stored or relayed; the doc may be half-changed, so it is rebuilt from the store.
+        // (Updates that apply and break only a later full encode, like legacy JSON content,
+        // do not trip the delta encode: `validate` must refuse those.)
         let doc = &self.doc;
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
@@ -499,9 +501,8 @@ impl DocActor {
     /// by a connection that never spoke for that client, would make that client's next edits
     /// look already-known and vanish. A client's own offline edits, deleted and collected
     /// before sync, are still accepted: its awareness or items name it first.
-    fn squatted_client(&self, conn: ConnId, summary: &crate::validate::Summary) -> Option<u64> {
+    fn squatted_client(&self, conn: ConnId, summary: &crate::validate::Summary, sv: &StateVector) -> Option<u64> {
         let own = self.conns.get(&conn).map(|c| &c.own);
-        let sv = self.doc.transact().state_vector();
         summary.runs.iter().find_map(|run| {
             let known = sv.get(&yrs::ClientID::new(run.client));
             let extends = run.gc.iter().any(|&(_, end)| end > known);

@@ -168,52 +168,53 @@ where
                     last_heard = Instant::now();
                 }
                 match msg {
-                None => break,
-                Some(Ok(Message::Binary(frame))) if !limiter.allow_message(permit.key(), frame.len(), Instant::now().into_std()) => {
-                    tracing::warn!(conn, doc = %doc, user = %user, bytes = frame.len(), "refused: rate limited (1008)");
-                    refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "rate limited"));
-                }
-                Some(Ok(Message::Binary(frame))) => match protocol::decode_frame_with(&frame, &settings.update_limits) {
-                    Ok(Inbound::Auth | Inbound::Unknown(_)) => {}
-                    // Read grants sync and share awareness; their updates are dropped (not
-                    // applied, stored or relayed), counted, and logged once.
-                    Ok(Inbound::SyncStep2(c) | Inbound::Update(c)) if access == Access::Read => {
-                        if !c.summary.runs.is_empty() || c.summary.deleted_ranges > 0 {
-                            dropped_updates += 1;
-                            if dropped_updates == 1 {
-                                tracing::warn!(conn, doc = %doc, user = %user, "dropping updates from a read-only connection");
+                    None => break,
+                    Some(Ok(Message::Binary(frame))) if !limiter.allow_message(permit.key(), frame.len(), Instant::now().into_std()) => {
+                        tracing::warn!(conn, doc = %doc, user = %user, bytes = frame.len(), "refused: rate limited (1008)");
+                        refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "rate limited"));
+                    }
+                    Some(Ok(Message::Binary(frame))) => match protocol::decode_frame_with(&frame, &settings.update_limits) {
+                        Ok(Inbound::Auth | Inbound::Unknown(_)) => {}
+                        // Read grants sync and share awareness; their updates are dropped (not
+                        // applied, stored or relayed), counted, and logged once.
+                        Ok(Inbound::SyncStep2(c) | Inbound::Update(c)) if access == Access::Read => {
+                            if !c.summary.runs.is_empty() || c.summary.deleted_ranges > 0 {
+                                dropped_updates += 1;
+                                if dropped_updates == 1 {
+                                    tracing::warn!(conn, doc = %doc, user = %user, "dropping updates from a read-only connection");
+                                }
                             }
                         }
-                    }
-                    Ok(Inbound::Awareness(update)) if !awareness_allowed(&update, &mut awareness_clients, &settings) => {
-                        tracing::warn!(conn, doc = %doc, user = %user, "refused: awareness over its limits (1008)");
-                        refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "awareness too large"));
-                    }
-                    Ok(msg) => {
-                        if attachment.handle.send(DocMsg::Inbound { conn, user: user.clone(), msg }).await.is_err() {
-                            refusal = Some(gone());
+                        Ok(Inbound::Awareness(update)) if !awareness_allowed(&update, &mut awareness_clients, &settings) => {
+                            tracing::warn!(conn, doc = %doc, user = %user, "refused: awareness over its limits (1008)");
+                            refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "awareness too large"));
                         }
+                        Ok(msg) => {
+                            if attachment.handle.send(DocMsg::Inbound { conn, user: user.clone(), msg }).await.is_err() {
+                                refusal = Some(gone());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(conn, doc = %doc, user = %user, error = %e, bytes = frame.len(), code = e.close_reason().code, "refused: bad message");
+                            refusal = Some(e.close_reason());
+                        }
+                    },
+                    Some(Ok(Message::Text(_))) => {
+                        tracing::warn!(conn, doc = %doc, user = %user, "refused: text frame on a Yjs connection (1003)");
+                        refusal = Some(CloseReason::new(close::UNSUPPORTED_DATA, "text frames are not supported"));
                     }
-                    Err(e) => {
-                        tracing::warn!(conn, doc = %doc, user = %user, error = %e, bytes = frame.len(), code = e.close_reason().code, "refused: bad message");
-                        refusal = Some(e.close_reason());
+                    // tungstenite answers pings and close frames itself while we keep reading.
+                    Some(Ok(_)) => {}
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        tracing::warn!(conn, doc = %doc, user = %user, size, max_size, "refused: message too big (1009)");
+                        refusal = Some(CloseReason::new(close::MESSAGE_TOO_BIG, "message too big"));
                     }
-                },
-                Some(Ok(Message::Text(_))) => {
-                    tracing::warn!(conn, doc = %doc, user = %user, "refused: text frame on a Yjs connection (1003)");
-                    refusal = Some(CloseReason::new(close::UNSUPPORTED_DATA, "text frames are not supported"));
+                    Some(Err(e)) => {
+                        tracing::debug!(conn, doc = %doc, error = %e, "connection error");
+                        break;
+                    }
                 }
-                // tungstenite answers pings and close frames itself while we keep reading.
-                Some(Ok(_)) => {}
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                    tracing::warn!(conn, doc = %doc, user = %user, size, max_size, "refused: message too big (1009)");
-                    refusal = Some(CloseReason::new(close::MESSAGE_TOO_BIG, "message too big"));
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(conn, doc = %doc, error = %e, "connection error");
-                    break;
-                }
-            }},
+            }
         }
     }
     // Whatever ends the session, the actor stops queueing for it; dropping the attachment
