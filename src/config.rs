@@ -181,6 +181,34 @@ pub struct Config {
     /// Longest time shutdown waits for documents to drain before exiting anyway.
     #[arg(long, env = "YSERVE_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// OT ops kept per text (memory and `ot_ops`): a client whose base version is older
+    /// gets ERR_SUBMIT_TRANSFORM_OPS_NOT_FOUND and re-fetches the text.
+    #[arg(long, env = "YSERVE_OT_LOG_OPS_MAX", default_value_t = 1000)]
+    pub ot_log_ops_max: usize,
+
+    /// Components one OT op may have.
+    #[arg(long, env = "YSERVE_OT_OP_COMPONENTS_MAX", default_value_t = 1000)]
+    pub ot_op_components_max: usize,
+
+    /// UTF-16 code units one OT op may insert.
+    #[arg(long, env = "YSERVE_OT_OP_INSERT_UNITS_MAX", default_value_t = 1_000_000)]
+    pub ot_op_insert_units_max: u64,
+
+    /// Documents one OT connection may have open at once.
+    #[arg(long, env = "YSERVE_OT_DOCS_PER_CONNECTION_MAX", default_value_t = 64)]
+    pub ot_docs_per_connection_max: usize,
+}
+
+impl Config {
+    /// Bounds on one OT op, from the flags; lengths stay far below yrs's `u32` positions.
+    pub fn ot_op_limits(&self) -> crate::ot::delta::DeltaLimits {
+        crate::ot::delta::DeltaLimits {
+            components_max: self.ot_op_components_max,
+            insert_units_max: self.ot_op_insert_units_max,
+            len_max: 1 << 31,
+        }
+    }
 }
 
 impl Default for Config {

@@ -23,8 +23,21 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::docname::DocName;
 use crate::limits::{key_for, ConnRefusal, LimitSettings, Limiter};
+use crate::ot::session::{OtSessionParams, OtSessionSettings};
 use crate::registry::Registry;
+use crate::rest;
 use crate::session::{self, SessionParams, SessionSettings, Sessions};
+
+fn ot_session_settings(config: &Config) -> OtSessionSettings {
+    let yjs = SessionSettings::from(config);
+    OtSessionSettings {
+        outbound_queue_bytes_max: config.outbound_queue_bytes_max,
+        ping_interval: yjs.ping_interval,
+        idle_timeout: yjs.idle_timeout,
+        op_limits: config.ot_op_limits(),
+        docs_max: config.ot_docs_per_connection_max.max(1),
+    }
+}
 
 /// What the routes share.
 pub struct AppState {
@@ -50,6 +63,11 @@ impl AppState {
         Arc::new(AppState { config, auth, limiter, registry, sessions: Arc::default(), next_conn: AtomicU64::new(1) })
     }
 
+    /// A fresh connection id (also used for REST requests' attachments).
+    pub(crate) fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn ws_config(&self) -> WebSocketConfig {
         let max = self.config.message_bytes_max;
         WebSocketConfig::default()
@@ -62,6 +80,7 @@ impl AppState {
 }
 
 pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let state_for_rest = state.clone();
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
     let doc_ws = warp::get()
         .and(warp::path::full())
@@ -75,14 +94,59 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
              headers: HeaderMap,
              on_upgrade: Option<OnUpgrade>,
              state| async move {
-                if path.as_str().starts_with("/api/") || !is_websocket_upgrade(&headers) {
+                if !is_websocket_upgrade(&headers) {
                     return Err(warp::reject::not_found());
                 }
-                let request = Upgrade { path: path.as_str(), token: token(&query, &headers), headers: &headers };
-                Ok(upgrade_document(request, on_upgrade, state))
+                let target = match path.as_str() {
+                    "/api/ot" => Target::Ot,
+                    p if p.starts_with("/api/") => return Err(warp::reject::not_found()),
+                    p => match DocName::from_url_path(p) {
+                        Ok(doc) => Target::Document(doc),
+                        Err(e) => {
+                            tracing::warn!(path = p, error = %e, "refused upgrade: invalid document name (400)");
+                            return Ok(plain(StatusCode::BAD_REQUEST, &format!("invalid document name: {e}")));
+                        }
+                    },
+                };
+                let request = Upgrade { target, token: token(&query, &headers), headers: &headers };
+                Ok(upgrade(request, on_upgrade, state))
             },
         );
-    healthz.or(doc_ws)
+    let api = warp::path("api")
+        .and(warp::path("docs"))
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(state_for_rest.config.message_bytes_max as u64))
+        .and(warp::body::bytes())
+        .and(with_state(state_for_rest))
+        .and_then(
+            |tail: warp::path::Tail,
+             method: warp::http::Method,
+             query: HashMap<String, String>,
+             headers: HeaderMap,
+             body: Bytes,
+             state: Arc<AppState>| async move {
+                let request = rest::Request {
+                    method: method.as_str(),
+                    path: tail.as_str(),
+                    query: &query,
+                    token: token(&query, &headers),
+                    body: &body,
+                };
+                let (status, json) = rest::handle(&state, request).await;
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                Ok::<_, Rejection>(
+                    Response::builder()
+                        .status(status)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Bytes::from(json.to_string()))
+                        .expect("json response"),
+                )
+            },
+        );
+    healthz.or(api).or(doc_ws)
 }
 
 fn with_state(
@@ -102,7 +166,7 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// The token from `?token=` (what the stock client can send) or `Authorization: Bearer`.
-fn token(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+pub(crate) fn token(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
     if let Some(t) = query.get("token") {
         return Some(t.clone());
     }
@@ -111,17 +175,24 @@ fn token(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String>
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// What a WebSocket upgrade connects to.
+enum Target {
+    Document(DocName),
+    /// The ShareDB endpoint; documents are named per message, so grants are checked there.
+    Ot,
+}
+
 struct Upgrade<'a> {
-    path: &'a str,
+    target: Target,
     token: Option<String>,
     headers: &'a HeaderMap,
 }
 
-fn plain(status: StatusCode, reason: &str) -> Response<warp::hyper::body::Bytes> {
+pub(crate) fn plain(status: StatusCode, reason: &str) -> Response<warp::hyper::body::Bytes> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -129,14 +200,12 @@ fn plain(status: StatusCode, reason: &str) -> Response<warp::hyper::body::Bytes>
         .expect("static response")
 }
 
-fn upgrade_document(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppState>) -> Response<Bytes> {
-    let Upgrade { path, token, headers } = request;
-    let doc = match DocName::from_url_path(path) {
-        Ok(doc) => doc,
-        Err(e) => {
-            tracing::warn!(path, error = %e, "refused upgrade: invalid document name (400)");
-            return plain(StatusCode::BAD_REQUEST, &format!("invalid document name: {e}"));
-        }
+fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppState>) -> Response<Bytes> {
+    let Upgrade { target, token, headers } = request;
+    // For logs: the document, or the OT endpoint.
+    let doc: Arc<str> = match &target {
+        Target::Document(d) => d.as_arc().clone(),
+        Target::Ot => "/api/ot".into(),
     };
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if let Some(origin) = origin.filter(|_| !state.config.allowed_origin.is_empty()) {
@@ -157,11 +226,17 @@ fn upgrade_document(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: 
             return response;
         }
     };
-    let Some(access) = identity.access(doc.as_str()) else {
-        tracing::warn!(doc = %doc, user = %identity.user, "refused upgrade: no grant for the document (403)");
-        return plain(StatusCode::FORBIDDEN, "no grant for this document");
+    let access = match &target {
+        Target::Document(d) => match identity.access(d.as_str()) {
+            Some(access) => Some(access),
+            None => {
+                tracing::warn!(doc = %doc, user = %identity.user, "refused upgrade: no grant for the document (403)");
+                return plain(StatusCode::FORBIDDEN, "no grant for this document");
+            }
+        },
+        Target::Ot => None,
     };
-    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let conn = state.next_conn();
     let key = key_for(&identity.user, state.auth.is_anonymous(), conn);
     let permit = match state.limiter.admit(key, Instant::now()) {
         Ok(permit) => permit,
@@ -198,17 +273,33 @@ fn upgrade_document(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: 
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-        let params = SessionParams {
-            conn,
-            doc,
-            user: identity.user,
-            access,
-            expires_in: identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix()))),
-            permit,
-            limiter: state.limiter.clone(),
-            settings: SessionSettings::from(&state.config),
-        };
-        session::run(ws, state.registry.clone(), params).await;
+        let expires_in = identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix())));
+        match (target, access) {
+            (Target::Document(doc), Some(access)) => {
+                let params = SessionParams {
+                    conn,
+                    doc,
+                    user: identity.user,
+                    access,
+                    expires_in,
+                    permit,
+                    limiter: state.limiter.clone(),
+                    settings: SessionSettings::from(&state.config),
+                };
+                session::run(ws, state.registry.clone(), params).await;
+            }
+            (_, _) => {
+                let params = OtSessionParams {
+                    conn,
+                    identity,
+                    expires_in,
+                    permit,
+                    limiter: state.limiter.clone(),
+                    settings: ot_session_settings(&state.config),
+                };
+                crate::ot::session::run(ws, state.registry.clone(), params).await;
+            }
+        }
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

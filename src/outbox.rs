@@ -41,6 +41,14 @@ pub struct OutboxSender {
     shared: Arc<Shared>,
 }
 
+/// A further sender for a connection that several documents write to (an OT connection
+/// subscribes to texts of many documents). Unlike `OutboxSender`, dropping it closes nothing:
+/// one document going away must not end the connection to the others.
+#[derive(Debug, Clone)]
+pub struct OutboxPeer {
+    shared: Arc<Shared>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     Frame(Bytes),
@@ -70,37 +78,66 @@ impl OutboxSender {
     /// Queues a frame. A frame larger than the whole limit is still accepted into an empty
     /// queue, so one large initial sync can always be delivered.
     pub fn send(&self, frame: Bytes) -> Result<(), SendError> {
-        let mut state = self.shared.state.lock().expect("outbox lock poisoned");
-        if state.close.is_some() {
-            return Err(SendError::Closed);
-        }
-        let queued = state.queued_bytes + frame.len();
-        if queued > self.shared.queued_bytes_max && !state.frames.is_empty() {
-            state.close = Some(SLOW_CONSUMER);
-            state.frames.clear();
-            state.queued_bytes = 0;
-            drop(state);
-            self.shared.notify.notify_one();
-            return Err(SendError::Overflow);
-        }
-        state.queued_bytes = queued;
-        state.frames.push_back(frame);
-        drop(state);
-        self.shared.notify.notify_one();
-        Ok(())
+        push(&self.shared, frame)
+    }
+
+    pub fn peer(&self) -> OutboxPeer {
+        OutboxPeer { shared: self.shared.clone() }
     }
 
     /// Asks the session to close the connection; queued frames are dropped.
     pub fn close(&self, reason: CloseReason) {
-        let mut state = self.shared.state.lock().expect("outbox lock poisoned");
+        close_shared(&self.shared, reason);
+    }
+}
+
+impl OutboxPeer {
+    pub fn send(&self, frame: Bytes) -> Result<(), SendError> {
+        push(&self.shared, frame)
+    }
+
+    pub fn close(&self, reason: CloseReason) {
+        close_shared(&self.shared, reason);
+    }
+
+    /// Whether two peers write to the same connection.
+    pub fn same(&self, other: &OutboxPeer) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+fn push(shared: &Shared, frame: Bytes) -> Result<(), SendError> {
+    {
+        let mut state = shared.state.lock().expect("outbox lock poisoned");
+        if state.close.is_some() {
+            return Err(SendError::Closed);
+        }
+        let queued = state.queued_bytes + frame.len();
+        if queued > shared.queued_bytes_max && !state.frames.is_empty() {
+            state.close = Some(SLOW_CONSUMER);
+            state.frames.clear();
+            state.queued_bytes = 0;
+            drop(state);
+            shared.notify.notify_one();
+            return Err(SendError::Overflow);
+        }
+        state.queued_bytes = queued;
+        state.frames.push_back(frame);
+    }
+    shared.notify.notify_one();
+    Ok(())
+}
+
+fn close_shared(shared: &Shared, reason: CloseReason) {
+    {
+        let mut state = shared.state.lock().expect("outbox lock poisoned");
         if state.close.is_none() {
             state.close = Some(reason);
             state.frames.clear();
             state.queued_bytes = 0;
         }
-        drop(state);
-        self.shared.notify.notify_one();
     }
+    shared.notify.notify_one();
 }
 
 impl Drop for OutboxSender {

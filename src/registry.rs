@@ -104,6 +104,11 @@ impl Registry {
         self.removed.notify_waiters();
     }
 
+    /// Whether anything (a connection, an OT session, a REST request) holds the document.
+    pub(crate) fn is_attached(&self, name: &DocName, generation: u64) -> bool {
+        self.lock().docs.get(name).is_some_and(|e| e.generation == generation && e.attached > 0)
+    }
+
     pub fn live_documents(&self) -> usize {
         self.lock().docs.len()
     }

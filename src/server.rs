@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Auth, AuthSettings, KeyError};
 use crate::config::Config;
-use crate::document::DocSettings;
+use crate::document::{DocSettings, OtSettings};
 use crate::http::{self, AppState};
 use crate::registry::Registry;
 use crate::store::Store;
@@ -37,6 +37,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         snapshot_updates: config.snapshot_updates.max(1),
         snapshot_bytes: config.snapshot_bytes.max(1),
         awareness_timeout: Duration::from_millis(config.awareness_timeout_ms.max(10)),
+        ot: OtSettings { log_ops_max: config.ot_log_ops_max.max(1), op_limits: config.ot_op_limits() },
     };
     let registry = Registry::new(store.clone(), settings);
     let listener = TcpListener::bind(config.addr).await?;

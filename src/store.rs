@@ -20,8 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Config, SyncMode};
 
 /// The numbered migrations in `schema/`, applied in order via `PRAGMA user_version`.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../schema/0001_init.sql"), include_str!("../schema/0002_client_owners.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../schema/0001_init.sql"),
+    include_str!("../schema/0002_client_owners.sql"),
+    include_str!("../schema/0003_ot.sql"),
+];
 
 /// Commands queued for the store thread; a bound keeps a flood of updates from growing
 /// memory without limit (senders wait, which back-pressures the document actors).
@@ -53,6 +56,28 @@ pub struct Loaded {
     pub last_seq: u64,
     /// Client id → the user who first wrote with it (identity binding).
     pub owners: Vec<(u64, String)>,
+    /// The OT sequencers of the document's texts, with their kept ops.
+    pub ot_texts: Vec<StoredText>,
+}
+
+/// An OT sequencer as stored.
+#[derive(Debug, Default)]
+pub struct StoredText {
+    pub text: String,
+    pub epoch: String,
+    pub version: u64,
+    /// `(version, src, seq, op JSON)`, oldest first.
+    pub ops: Vec<(u64, String, u64, String)>,
+}
+
+/// OT state written in the same transaction as the update it belongs to (SPEC §5: the op
+/// log, version and epoch are stored atomically with the Yjs update).
+#[derive(Debug, Clone)]
+pub enum OtRecord {
+    /// A sequencer first used (or reset): its row, before any op.
+    Text { text: Arc<str>, epoch: Arc<str>, version: u64 },
+    /// An op applied at `version`; ops before `keep_from` are dropped (retention).
+    Op { text: Arc<str>, version: u64, op: String, src: Arc<str>, seq: u64, user: Arc<str>, keep_from: u64 },
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -61,11 +86,12 @@ pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 #[derive(Debug)]
 pub struct Append {
     pub name: Arc<str>,
-    pub seq: u64,
-    pub data: Vec<u8>,
+    /// `(seq, update)`; `None` for OT state alone (an op that changed nothing).
+    pub update: Option<(u64, Vec<u8>)>,
     pub origin: Arc<str>,
     /// Client ids first written by `origin` in this update.
     pub claims: Vec<u64>,
+    pub ot: Vec<OtRecord>,
     reply: Reply<()>,
 }
 
@@ -86,7 +112,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Load { name, .. } => write!(f, "Load({name})"),
-            Command::Append(a) => write!(f, "Append({}, {})", a.name, a.seq),
+            Command::Append(a) => write!(f, "Append({}, {:?})", a.name, a.update.as_ref().map(|(s, _)| s)),
             Command::Snapshot { name, seq, .. } => write!(f, "Snapshot({name}, {seq})"),
             Command::Close { .. } => write!(f, "Close"),
         }
@@ -120,20 +146,21 @@ impl Store {
         data: Vec<u8>,
         origin: Arc<str>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
-        self.append_claiming(name, seq, data, origin, Vec::new()).await
+        self.append_with(name, Some((seq, data)), origin, Vec::new(), Vec::new()).await
     }
 
-    /// `append`, also binding `claims` (client ids) to `origin` in the same transaction.
-    pub async fn append_claiming(
+    /// `append`, also binding `claims` (client ids) to `origin` and writing OT state, all in
+    /// the same transaction; `update` may be `None` when only OT state changes.
+    pub async fn append_with(
         &self,
         name: Arc<str>,
-        seq: u64,
-        data: Vec<u8>,
+        update: Option<(u64, Vec<u8>)>,
         origin: Arc<str>,
         claims: Vec<u64>,
+        ot: Vec<OtRecord>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Append(Append { name, seq, data, origin, claims, reply })).await?;
+        self.send(Command::Append(Append { name, update, origin, claims, ot, reply })).await?;
         Ok(rx)
     }
 
@@ -320,8 +347,44 @@ fn doc_id(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>, no
 
 fn append(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &str) -> Result<(), StoreError> {
     let id = doc_id(tx, ids, &a.name, now)?;
-    tx.prepare_cached("INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![id, a.seq as i64, a.data, &*a.origin, now])?;
+    if let Some((seq, data)) = &a.update {
+        tx.prepare_cached("INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![id, *seq as i64, data, &*a.origin, now])?;
+    }
+    let update_seq = a.update.as_ref().map(|(seq, _)| *seq as i64);
+    for record in &a.ot {
+        match record {
+            OtRecord::Text { text, epoch, version } => {
+                tx.prepare_cached(
+                    "INSERT INTO ot_texts(doc_id, text, epoch, version, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                     ON CONFLICT(doc_id, text) DO UPDATE SET epoch = ?3, version = ?4, updated_at = ?5",
+                )?
+                .execute(params![id, &**text, &**epoch, *version as i64, now])?;
+            }
+            OtRecord::Op { text, version, op, src, seq, user, keep_from } => {
+                tx.prepare_cached(
+                    "INSERT INTO ot_ops(doc_id, text, version, op, src, seq, user_id, update_seq, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    id,
+                    &**text,
+                    *version as i64,
+                    op,
+                    &**src,
+                    *seq as i64,
+                    &**user,
+                    update_seq,
+                    now
+                ])?;
+                tx.prepare_cached("UPDATE ot_texts SET version = ?3, updated_at = ?4 WHERE doc_id = ?1 AND text = ?2")?
+                    .execute(params![id, &**text, (*version + 1) as i64, now])?;
+                tx.prepare_cached("DELETE FROM ot_ops WHERE doc_id = ?1 AND text = ?2 AND version < ?3")?
+                    .execute(params![id, &**text, *keep_from as i64])?;
+            }
+        }
+    }
     for client in &a.claims {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO client_owners(doc_id, client_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -368,7 +431,23 @@ fn load(tx: &Connection, name: &str) -> Result<Loaded, StoreError> {
         .prepare_cached("SELECT client_id, user_id FROM client_owners WHERE doc_id = ?1")?
         .query_map(params![id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64, owners })
+    let mut ot_texts = tx
+        .prepare_cached("SELECT text, epoch, version FROM ot_texts WHERE doc_id = ?1")?
+        .query_map(params![id], |r| {
+            Ok(StoredText { text: r.get(0)?, epoch: r.get(1)?, version: r.get::<_, i64>(2)? as u64, ops: Vec::new() })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for t in &mut ot_texts {
+        t.ops = tx
+            .prepare_cached(
+                "SELECT version, src, seq, op FROM ot_ops WHERE doc_id = ?1 AND text = ?2 ORDER BY version",
+            )?
+            .query_map(params![id, &t.text], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64, owners, ot_texts })
 }
 
 #[cfg(test)]

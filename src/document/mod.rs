@@ -30,7 +30,11 @@ use crate::outbox::{OutboxSender, SendError};
 use crate::presence::{ConnId, Presence};
 use crate::protocol::{self, close, Checked, CloseReason, Inbound};
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{OtRecord, Store, StoreError};
+
+mod ot;
+use ot::OtState;
+pub use ot::{OtKind, OtReply, OtReplyTo, OtRequest, OtSettings, OT_ORIGIN};
 
 /// A document unloading (or shutting down) with at least this many updates logged since its
 /// last snapshot writes one, so that its next load replays no tail.
@@ -51,6 +55,7 @@ pub struct DocSettings {
     pub snapshot_updates: u64,
     pub snapshot_bytes: u64,
     pub awareness_timeout: Duration,
+    pub ot: OtSettings,
 }
 
 pub enum DocMsg {
@@ -58,6 +63,8 @@ pub enum DocMsg {
     Join { conn: ConnId, outbox: OutboxSender, origin: Arc<str> },
     /// A message from a connection; `user` is its authenticated user (the log's origin).
     Inbound { conn: ConnId, user: Arc<str>, msg: Inbound },
+    /// A request of an OT client (ShareDB connection or REST) about one root text.
+    Ot(OtRequest),
     /// Commit what is pending, close every connection with 1001 and stop.
     Shutdown,
 }
@@ -102,6 +109,13 @@ struct Conn {
 enum Parked {
     Broadcast(Bytes),
     To(ConnId, Bytes),
+    /// Frames for OT connections (replies, acks, ops of subscribed texts).
+    Peers(Vec<(crate::outbox::OutboxPeer, Bytes)>),
+    /// A REST caller's answer.
+    Rest(
+        tokio::sync::oneshot::Sender<Result<OtReply, crate::ot::error::OtError>>,
+        Result<OtReply, crate::ot::error::OtError>,
+    ),
 }
 
 type CommitAck = futures::future::BoxFuture<'static, (u64, Result<(), StoreError>)>;
@@ -135,6 +149,7 @@ pub(crate) struct DocActor {
     inflight: FuturesOrdered<CommitAck>,
     parked: VecDeque<(u64, Parked)>,
     shutting_down: bool,
+    ot: OtState,
 }
 
 impl DocActor {
@@ -167,6 +182,7 @@ impl DocActor {
             inflight: FuturesOrdered::new(),
             parked: VecDeque::new(),
             shutting_down: false,
+            ot: OtState::default(),
         };
         tokio::spawn(actor.run(rx));
         DocHandle { tx, shared }
@@ -238,8 +254,7 @@ impl DocActor {
             if self.inflight.is_empty() {
                 // The next load starts from a snapshot with no tail to replay (a cold load of
                 // the 260k-keystroke trace: ~19 ms instead of ~25 ms with a 778-update tail).
-                if (self.shutting_down || self.conns.is_empty())
-                    && self.since_snapshot_updates >= SNAPSHOT_ON_UNLOAD_UPDATES_MIN
+                if (self.shutting_down || self.idle()) && self.since_snapshot_updates >= SNAPSHOT_ON_UNLOAD_UPDATES_MIN
                 {
                     self.write_snapshot(self.last_seq).await;
                 }
@@ -274,6 +289,9 @@ impl DocActor {
         }
         self.last_seq = loaded.last_seq;
         self.owners = loaded.owners.into_iter().map(|(client, user)| (client, user.into())).collect();
+        // OT edits are written under this doc's own client id: nobody else may write with it.
+        self.owners.entry(self.doc.client_id().get()).or_insert_with(|| OT_ORIGIN.into());
+        self.ot_load(loaded.ot_texts);
         self.since_snapshot_updates = tail_len as u64;
         tracing::debug!(
             doc = %self.name,
@@ -303,6 +321,7 @@ impl DocActor {
                 }
             }
             DocMsg::Inbound { conn, user, msg } => self.handle_inbound(conn, user, msg).await,
+            DocMsg::Ot(req) => self.handle_ot(req).await,
             DocMsg::Shutdown => self.shutting_down = true,
         }
     }
@@ -448,14 +467,19 @@ impl DocActor {
         }));
         let delta = match applied {
             Ok(Ok(Some(delta))) => delta,
-            Ok(Ok(None)) => return true,
+            Ok(Ok(None)) => {
+                self.ot_discard_events();
+                return true;
+            }
             Ok(Err(e)) => {
+                self.ot_discard_events();
                 tracing::warn!(conn, doc = %self.name, error = %e, "refused: update does not apply (1007)");
                 self.refuse(conn, CloseReason::new(close::INVALID_PAYLOAD, "update does not apply"));
                 self.rebuild().await;
                 return false;
             }
             Err(_) => {
+                self.ot_discard_events();
                 tracing::warn!(conn, doc = %self.name, "refused: update breaks the document (1008); rebuilding it from the store");
                 self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "update breaks the document"));
                 self.rebuild().await;
@@ -471,7 +495,29 @@ impl DocActor {
         for client in &claims {
             self.owners.insert(*client, origin.clone());
         }
-        let ack = match self.store.append_claiming(self.name.as_arc().clone(), seq, delta, origin, claims).await {
+        let (ot_records, ot_frames) = self.ot_from_yjs(seq, &origin);
+        if !self.issue(Some((seq, delta)), origin, claims, ot_records).await {
+            return false;
+        }
+        self.park(Parked::Broadcast(relay));
+        if !ot_frames.is_empty() {
+            self.park(Parked::Peers(ot_frames));
+        }
+        self.snapshot_if_due().await;
+        true
+    }
+
+    /// Queues one store command (an update and/or OT state, committed together) and takes a
+    /// ticket for it: whatever is parked from now on waits for its commit. `false` if the
+    /// store is gone (the main loop then fails the document).
+    async fn issue(
+        &mut self,
+        update: Option<(u64, Vec<u8>)>,
+        origin: Arc<str>,
+        claims: Vec<u64>,
+        ot: Vec<OtRecord>,
+    ) -> bool {
+        let ack = match self.store.append_with(self.name.as_arc().clone(), update, origin, claims, ot).await {
             Ok(ack) => ack,
             Err(e) => {
                 tracing::error!(doc = %self.name, error = %e, "store unavailable");
@@ -488,13 +534,20 @@ impl DocActor {
             }
             .boxed(),
         );
-        self.parked.push_back((ticket, Parked::Broadcast(relay)));
+        true
+    }
+
+    async fn snapshot_if_due(&mut self) {
         if self.since_snapshot_updates >= self.settings.snapshot_updates
             || self.since_snapshot_bytes >= self.settings.snapshot_bytes
         {
-            self.write_snapshot(seq).await;
+            self.write_snapshot(self.last_seq).await;
         }
-        true
+    }
+
+    /// Nobody is connected: no Yjs connection, and no attachment (OT, REST) either.
+    fn idle(&self) -> bool {
+        self.conns.is_empty() && self.registry.upgrade().is_none_or(|r| !r.is_attached(&self.name, self.generation))
     }
 
     /// A GC range beyond the document's clock for a client the document already knows, sent
@@ -575,6 +628,10 @@ impl DocActor {
         match frame {
             Parked::Broadcast(bytes) => self.broadcast(bytes),
             Parked::To(conn, bytes) => self.send_to(conn, bytes),
+            Parked::Peers(frames) => self.deliver_peers(frames),
+            Parked::Rest(tx, result) => {
+                let _ = tx.send(result);
+            }
         }
     }
 
@@ -602,6 +659,7 @@ impl DocActor {
 
     fn remove_conn(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
+        self.ot.remove_conn(conn);
         if let Some(removed) = self.presence.remove_connection(conn, Instant::now()) {
             self.broadcast(protocol::encode_awareness(removed));
         }

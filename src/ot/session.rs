@@ -1,0 +1,268 @@
+//! One ShareDB connection at `/api/ot`: JSON text frames in, requests forwarded to the
+//! document actors of the collections they name, replies and subscribed ops written back
+//! from one outbox (so an ack never overtakes an op its client must see first).
+//!
+//! One task per connection, like the Yjs `session`. Ordinary errors (a bad op, a version too
+//! old) are error replies and the connection stays open, as with ShareDB; binary frames
+//! (1003), oversized messages (1009), rate limiting (1008), expiry (4401) and silence (4408)
+//! close it. Called by `http` after the upgrade.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::auth::{Access, Identity};
+use crate::docname::DocName;
+use crate::document::{DocMsg, OtKind, OtReplyTo, OtRequest};
+use crate::limits::{ConnPermit, Limiter};
+use crate::ot::delta::{Delta, DeltaLimits};
+use crate::ot::error::OtError;
+use crate::ot::sharedb::{self, OpBody, Request};
+use crate::outbox::{outbox, Next, OutboxPeer};
+use crate::presence::ConnId;
+use crate::protocol::{close, CloseReason};
+use crate::registry::{Attachment, Registry};
+
+/// Per-connection settings, from `Config`.
+#[derive(Debug, Clone)]
+pub struct OtSessionSettings {
+    pub outbound_queue_bytes_max: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub op_limits: DeltaLimits,
+    /// Documents one connection may have open at once.
+    pub docs_max: usize,
+}
+
+pub struct OtSessionParams {
+    pub conn: ConnId,
+    pub identity: Identity,
+    pub expires_in: Option<Duration>,
+    pub permit: ConnPermit,
+    pub limiter: Arc<Limiter>,
+    pub settings: OtSessionSettings,
+}
+
+struct Session {
+    conn: ConnId,
+    identity: Identity,
+    /// The client id: the `src` of this connection's ops.
+    src: Arc<str>,
+    registry: Arc<Registry>,
+    docs: HashMap<DocName, Attachment>,
+    peer: OutboxPeer,
+    settings: OtSessionSettings,
+}
+
+pub async fn run<S>(mut ws: WebSocketStream<S>, registry: Arc<Registry>, params: OtSessionParams)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let OtSessionParams { conn, identity, expires_in, permit, limiter, settings } = params;
+    let (sender, outbox) = outbox(settings.outbound_queue_bytes_max);
+    let mut session = Session {
+        conn,
+        src: client_id(conn).into(),
+        identity,
+        registry,
+        docs: HashMap::new(),
+        peer: sender.peer(),
+        settings,
+    };
+    let user = session.identity.user.clone();
+    let mut ping = tokio::time::interval(session.settings.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let expiry = tokio::time::sleep(expires_in.unwrap_or(Duration::from_secs(10 * 365 * 86_400)));
+    tokio::pin!(expiry);
+    tracing::debug!(conn, user = %user, "ot connection opened");
+    let mut refusal: Option<CloseReason> = None;
+    while refusal.is_none() {
+        tokio::select! {
+            next = outbox.next() => match next {
+                Next::Frame(frame) => match Utf8Bytes::try_from(frame) {
+                    Ok(text) => {
+                        if ws.send(Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => tracing::error!(conn, "dropping a non-UTF-8 OT frame"),
+                },
+                Next::Close(reason) => refusal = Some(reason),
+            },
+            _ = &mut expiry, if expires_in.is_some() => {
+                tracing::info!(conn, user = %user, "closing ot connection: token expired (4401)");
+                refusal = Some(CloseReason::new(close::TOKEN_EXPIRED, "token expired"));
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= session.settings.idle_timeout {
+                    tracing::info!(conn, user = %user, "closing ot connection: no message or pong (4408)");
+                    refusal = Some(CloseReason::new(close::IDLE_TIMEOUT, "idle timeout"));
+                } else if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            msg = ws.next() => {
+                if let Some(Ok(_)) = &msg {
+                    last_heard = Instant::now();
+                }
+                match msg {
+                    None => break,
+                    Some(Ok(Message::Text(text))) => {
+                        if !limiter.allow_message(permit.key(), text.len(), Instant::now().into_std()) {
+                            tracing::warn!(conn, user = %user, bytes = text.len(), "refused: rate limited (1008)");
+                            refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "rate limited"));
+                        } else {
+                            session.handle_frame(text.as_str()).await;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        tracing::warn!(conn, user = %user, "refused: binary frame on an OT connection (1003)");
+                        refusal = Some(CloseReason::new(close::UNSUPPORTED_DATA, "binary frames are not supported"));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        tracing::warn!(conn, user = %user, size, max_size, "refused: message too big (1009)");
+                        refusal = Some(CloseReason::new(close::MESSAGE_TOO_BIG, "message too big"));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(conn, error = %e, "ot connection error");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    outbox.close(CloseReason::new(close::GOING_AWAY, "connection ended"));
+    drop(session);
+    if let Some(reason) = refusal {
+        let broken = reason.code == close::MESSAGE_TOO_BIG;
+        let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
+        if ws.send(Message::Close(Some(frame))).await.is_ok() && !broken {
+            let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
+    }
+    drop(sender);
+    tracing::debug!(conn, "ot connection closed");
+}
+
+/// A client id ShareDB clients accept (a string) and that never collides across
+/// connections of one server run, nor (with the time part) across restarts.
+fn client_id(conn: ConnId) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, conn)
+}
+
+impl Session {
+    async fn handle_frame(&mut self, frame: &str) {
+        let parsed = match sharedb::parse(frame) {
+            Ok(p) => p,
+            Err(reply) => {
+                tracing::info!(conn = self.conn, user = %self.identity.user, "ot: badly formed message");
+                self.reply(reply);
+                return;
+            }
+        };
+        for request in parsed.requests {
+            self.handle(request, &parsed.echo).await;
+        }
+    }
+
+    fn reply(&self, frame: String) {
+        let _ = self.peer.send(Bytes::from(frame));
+    }
+
+    async fn handle(&mut self, request: Request, echo: &Value) {
+        match request {
+            Request::Handshake { id } => {
+                // A reconnecting client hands back its previous id, so that the ops it
+                // re-sends keep their `src` (ShareDB's agent does the same).
+                if let Some(id) = id.filter(|id| sharedb::valid_src(id)) {
+                    self.src = id.into();
+                }
+                self.reply(sharedb::handshake(&self.src));
+            }
+            Request::Ping => self.reply(sharedb::pong()),
+            Request::Fetch { c, d, v } => self.forward(&c, &d, "f", echo, OtKind::Fetch { from: v }).await,
+            Request::Subscribe { c, d, v } => {
+                let kind = OtKind::Subscribe { from: v, src: self.src.clone() };
+                self.forward(&c, &d, "s", echo, kind).await
+            }
+            Request::Unsubscribe { c, d } => self.forward(&c, &d, "u", echo, OtKind::Unsubscribe).await,
+            Request::Op { c, d, v, src, seq, body } => {
+                let op = match body {
+                    OpBody::Edit(op) => Delta::from_json(&op, &self.settings.op_limits).map_err(OtError::from),
+                    OpBody::Create | OpBody::Delete => Err(OtError::CreateOrDelete),
+                };
+                let op = match op {
+                    Ok(op) => op,
+                    Err(e) => {
+                        tracing::info!(conn = self.conn, user = %self.identity.user, doc = %c, text = %d, code = e.code(), error = %e, "op refused");
+                        self.reply(sharedb::error_reply(echo.clone(), &e));
+                        return;
+                    }
+                };
+                let src = src.map(Arc::from).unwrap_or_else(|| self.src.clone());
+                let writable = self.identity.access(&c) == Some(Access::Write);
+                self.forward(&c, &d, "op", echo, OtKind::Submit { v, src, seq, op, writable }).await
+            }
+        }
+    }
+
+    /// Sends a request to the document `c`; its actor replies through this connection's outbox.
+    async fn forward(&mut self, c: &str, d: &str, action: &'static str, echo: &Value, kind: OtKind) {
+        let error_echo = || {
+            if action == "op" {
+                echo.clone()
+            } else {
+                serde_json::json!({"a": action, "c": c, "d": d})
+            }
+        };
+        let (doc, text) = match (DocName::new(c), DocName::new(d)) {
+            (Ok(doc), Ok(text)) => (doc, text),
+            (Err(e), _) | (_, Err(e)) => {
+                return self.reply(sharedb::error_reply(error_echo(), &OtError::BadMessage(e.to_string())));
+            }
+        };
+        if self.identity.access(doc.as_str()).is_none() {
+            tracing::warn!(conn = self.conn, user = %self.identity.user, doc = %doc, "ot: no grant for the document");
+            return self.reply(sharedb::error_reply(error_echo(), &OtError::Forbidden));
+        }
+        if !self.docs.contains_key(&doc) {
+            if self.docs.len() >= self.settings.docs_max {
+                let e = OtError::BadMessage(format!(
+                    "too many documents open on one connection (max {})",
+                    self.settings.docs_max
+                ));
+                return self.reply(sharedb::error_reply(error_echo(), &e));
+            }
+            match self.registry.attach(&doc, self.conn) {
+                Ok(a) => {
+                    self.docs.insert(doc.clone(), a);
+                }
+                Err(_) => return self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable)),
+            }
+        }
+        let handle = self.docs[&doc].handle.clone();
+        let reply = OtReplyTo::Wire { outbox: self.peer.clone(), action, echo: error_echo() };
+        let request =
+            OtRequest { conn: self.conn, user: self.identity.user.clone(), text: text.as_arc().clone(), kind, reply };
+        if handle.send(DocMsg::Ot(request)).await.is_err() {
+            // The actor failed; the next request attaches a fresh one.
+            self.docs.remove(&doc);
+            self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable));
+        }
+    }
+}
