@@ -291,6 +291,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
             (_, _) => {
                 let params = OtSessionParams {
                     conn,
+                    sessions: state.sessions.clone(),
                     identity,
                     expires_in,
                     permit,

@@ -65,6 +65,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if left > 0 {
         tracing::warn!(documents = left, "documents still live at shutdown timeout");
     }
+    // Documents are committed and closed; OT connections (which no document owns) close now.
+    sessions.close_all();
     // Every session writes its 1001 close frame before the process exits.
     let open = sessions.drained(shutdown_timeout).await;
     if open > 0 {

@@ -40,6 +40,9 @@ const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Sessions {
     live: std::sync::atomic::AtomicUsize,
     ended: tokio::sync::Notify,
+    /// Set at shutdown for sessions that no document closes (OT connections).
+    closing: std::sync::atomic::AtomicBool,
+    closing_notify: tokio::sync::Notify,
 }
 
 /// Held by one session for its whole life.
@@ -49,6 +52,24 @@ impl Sessions {
     pub fn enter(self: &Arc<Self>) -> SessionGuard {
         self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         SessionGuard(self.clone())
+    }
+
+    /// Asks every session that waits on `closing` to close with 1001.
+    pub fn close_all(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closing_notify.notify_waiters();
+    }
+
+    /// Resolves once `close_all` was called.
+    pub async fn closing(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches it even before it is polled.
+            let notified = self.closing_notify.notified();
+            if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn live(&self) -> usize {
@@ -259,11 +280,13 @@ where
         return;
     }
     let drain = async {
-        while !broken {
-            match ws.next().await {
-                Some(Ok(_)) => continue,
-                None => return,
-                Some(Err(_)) => break,
+        if !broken {
+            loop {
+                match ws.next().await {
+                    Some(Ok(_)) => continue,
+                    None => return,
+                    Some(Err(_)) => break,
+                }
             }
         }
         // On the heap, and only here: an array in this future would be reserved in every

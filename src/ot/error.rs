@@ -39,7 +39,8 @@ impl OtError {
             OtError::OpTooLong { .. } | OtError::SurrogateSplit { .. } => "ERR_OT_OP_NOT_APPLIED",
             OtError::WrongRootType { .. } => "ERR_DOC_TYPE_NOT_RECOGNIZED",
             OtError::CreateOrDelete => "ERR_DOC_ALREADY_CREATED",
-            OtError::ReadOnly | OtError::Forbidden => "ERR_OP_SUBMIT_REJECTED",
+            OtError::ReadOnly => "ERR_OP_SUBMIT_REJECTED",
+            OtError::Forbidden => "ERR_SNAPSHOT_READS_REJECTED",
             OtError::Unavailable => "ERR_UNKNOWN_ERROR",
         }
     }

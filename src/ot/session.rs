@@ -47,6 +47,7 @@ pub struct OtSessionSettings {
 
 pub struct OtSessionParams {
     pub conn: ConnId,
+    pub sessions: Arc<crate::session::Sessions>,
     pub identity: Identity,
     pub expires_in: Option<Duration>,
     pub permit: ConnPermit,
@@ -69,7 +70,7 @@ pub async fn run<S>(mut ws: WebSocketStream<S>, registry: Arc<Registry>, params:
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let OtSessionParams { conn, identity, expires_in, permit, limiter, settings } = params;
+    let OtSessionParams { conn, sessions, identity, expires_in, permit, limiter, settings } = params;
     let (sender, outbox) = outbox(settings.outbound_queue_bytes_max);
     let mut session = Session {
         conn,
@@ -90,6 +91,8 @@ where
     let mut refusal: Option<CloseReason> = None;
     while refusal.is_none() {
         tokio::select! {
+            // Queued replies go out before a shutdown closes the connection.
+            biased;
             next = outbox.next() => match next {
                 Next::Frame(frame) => match Utf8Bytes::try_from(frame) {
                     Ok(text) => {
@@ -101,6 +104,9 @@ where
                 },
                 Next::Close(reason) => refusal = Some(reason),
             },
+            _ = sessions.closing() => {
+                refusal = Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
+            }
             _ = &mut expiry, if expires_in.is_some() => {
                 tracing::info!(conn, user = %user, "closing ot connection: token expired (4401)");
                 refusal = Some(CloseReason::new(close::TOKEN_EXPIRED, "token expired"));
