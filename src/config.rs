@@ -26,6 +26,104 @@ pub enum Command {
     Serve(Config),
     /// Print an HS256 token signed with the configured secret.
     Token(TokenArgs),
+    /// List the documents of the database: updates, bytes, snapshots, last change.
+    Docs(DocsArgs),
+    /// Show the update log of a document: seq, time, origin, size.
+    Log(LogArgs),
+    /// Write a document's state, now or after any earlier update (`--at`), as a Yjs update,
+    /// JSON or plain text.
+    Export(ExportArgs),
+    /// Append a Yjs v1 update file to a document. Refused while a server holds the database.
+    Import(ImportArgs),
+    /// Snapshot the latest state of one document or all; `--prune-history` also deletes the
+    /// history before it. Refused while a server holds the database.
+    Compact(CompactArgs),
+}
+
+/// The database file of the operator commands (the server's `--db`).
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// SQLite database file.
+    #[arg(long, env = "YSERVE_DB", default_value = "./data/yserve.db")]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DocsArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The document name (as stored: not percent-encoded).
+    pub doc: String,
+    /// First seq to show.
+    #[arg(long, default_value_t = 1)]
+    pub from: u64,
+    /// Most rows to show (default: all).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `yserve export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// The state as one binary Yjs v1 update (lossless; `Y.applyUpdate` reads it).
+    Update,
+    /// Every root rendered as JSON (best-effort; see `src/render.rs`).
+    Json,
+    /// The plain text of one text root.
+    Text,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The document name (as stored: not percent-encoded).
+    pub doc: String,
+    /// The state after this update (time travel); default: the latest.
+    #[arg(long)]
+    pub at: Option<u64>,
+    #[arg(long, value_enum, default_value = "update")]
+    pub format: ExportFormat,
+    /// The root for `--format text`; default: the document's only text root.
+    #[arg(long)]
+    pub root: Option<String>,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The document name (as stored: not percent-encoded); created if it does not exist.
+    pub doc: String,
+    /// A binary Yjs v1 update (`Y.encodeStateAsUpdate`, or `yserve export`).
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompactArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The document; default: every document.
+    pub doc: Option<String>,
+    /// Also delete the updates and snapshots older than the new snapshot. Time travel to
+    /// before it is no longer possible afterwards.
+    #[arg(long)]
+    pub prune_history: bool,
 }
 
 #[derive(Debug, Clone, Args)]

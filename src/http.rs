@@ -42,6 +42,7 @@ fn ot_session_settings(config: &Config) -> OtSessionSettings {
 /// What the routes share.
 pub struct AppState {
     pub config: Config,
+    pub store: crate::store::Store,
     pub auth: Auth,
     pub limiter: Arc<Limiter>,
     pub registry: Arc<Registry>,
@@ -50,7 +51,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, auth: Auth, registry: Arc<Registry>) -> Arc<AppState> {
+    pub fn new(config: Config, auth: Auth, registry: Arc<Registry>, store: crate::store::Store) -> Arc<AppState> {
         let limiter = Limiter::new(LimitSettings {
             messages_per_sec: config.rate_messages_per_sec,
             messages_burst: config.rate_messages_burst,
@@ -60,7 +61,15 @@ impl AppState {
             connections_per_user_max: config.connections_per_user_max,
             connections_max: config.connections_max,
         });
-        Arc::new(AppState { config, auth, limiter, registry, sessions: Arc::default(), next_conn: AtomicU64::new(1) })
+        Arc::new(AppState {
+            config,
+            store,
+            auth,
+            limiter,
+            registry,
+            sessions: Arc::default(),
+            next_conn: AtomicU64::new(1),
+        })
     }
 
     /// A fresh connection id (also used for REST requests' attachments).
@@ -82,6 +91,17 @@ impl AppState {
 pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let state_for_rest = state.clone();
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
+    let metrics_state = state.clone();
+    // Open, like /healthz: scrape it from inside the network (say so in the README).
+    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
+        let s = &metrics_state;
+        let body = crate::metrics::METRICS.render(&crate::metrics::Gauges {
+            connections: s.sessions.live(),
+            documents_loaded: s.registry.live_documents(),
+            users_online: s.limiter.users_online(),
+        });
+        warp::reply::with_header(body, header::CONTENT_TYPE, "text/plain; version=0.0.4")
+    });
     let doc_ws = warp::get()
         .and(warp::path::full())
         .and(warp::query::<HashMap<String, String>>())
@@ -112,14 +132,20 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                 Ok(upgrade(request, on_upgrade, state))
             },
         );
+    // Only POST reads a body, bounded; GETs come without Content-Length, which
+    // `content_length_limit` would refuse (411).
+    let body_max = state_for_rest.config.message_bytes_max as u64;
+    let body = warp::post()
+        .and(warp::body::content_length_limit(body_max))
+        .and(warp::body::bytes())
+        .or(warp::any().map(Bytes::new))
+        .unify();
     let api = warp::path("api")
-        .and(warp::path("docs"))
         .and(warp::path::tail())
         .and(warp::method())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(state_for_rest.config.message_bytes_max as u64))
-        .and(warp::body::bytes())
+        .and(body)
         .and(with_state(state_for_rest))
         .and_then(
             |tail: warp::path::Tail,
@@ -133,20 +159,34 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                     path: tail.as_str(),
                     query: &query,
                     token: token(&query, &headers),
+                    content_type: headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                    last_event_id: headers.get("last-event-id").and_then(|v| v.to_str().ok()),
                     body: &body,
                 };
-                let (status, json) = rest::handle(&state, request).await;
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                Ok::<_, Rejection>(
-                    Response::builder()
-                        .status(status)
+                let response = match rest::handle(&state, request).await {
+                    rest::Reply::Events(stream) => {
+                        let events = futures::StreamExt::map(stream, |e| {
+                            Ok::<_, std::convert::Infallible>(
+                                warp::sse::Event::default().id(e.id).event(e.kind).data(e.data),
+                            )
+                        });
+                        let keep_alive = warp::sse::keep_alive().interval(Duration::from_secs(30)).text("heartbeat");
+                        return Ok(warp::reply::Reply::into_response(warp::sse::reply(keep_alive.stream(events))));
+                    }
+                    rest::Reply::Json(status, json) => Response::builder()
+                        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
                         .header(header::CONTENT_TYPE, "application/json")
-                        .body(Bytes::from(json.to_string()))
-                        .expect("json response"),
-                )
+                        .body(Bytes::from(json.to_string())),
+                    rest::Reply::Binary(data) => Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .body(Bytes::from(data)),
+                };
+                Ok::<_, Rejection>(warp::reply::Reply::into_response(response.expect("api response")))
             },
         );
-    healthz.or(api).or(doc_ws)
+    // WebSocket upgrades first (`/api/ot` included); other `/api/` requests fall through.
+    healthz.or(metrics).or(doc_ws).or(api)
 }
 
 fn with_state(
@@ -193,6 +233,8 @@ struct Upgrade<'a> {
 }
 
 pub(crate) fn plain(status: StatusCode, reason: &str) -> Response<warp::hyper::body::Bytes> {
+    // Every plain response is a refused upgrade.
+    crate::metrics::METRICS.refused(&format!("upgrade {}", status.as_u16()));
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

@@ -2,16 +2,21 @@
 //! See ARCHITECTURE.md for the code map and invariants.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod dblock;
 pub mod docname;
 pub mod document;
 pub mod http;
 pub mod limits;
+pub mod locks;
+pub mod metrics;
 pub mod ot;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod registry;
+pub mod render;
 pub mod rest;
 pub mod server;
 pub mod session;

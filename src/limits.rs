@@ -117,6 +117,12 @@ impl Limiter {
         Ok(ConnPermit { limiter: self.clone(), key })
     }
 
+    /// Users with at least one connection (anonymous connections count one each).
+    pub fn users_online(&self) -> usize {
+        let inner = self.inner.lock().expect("limiter lock poisoned");
+        inner.users.values().filter(|u| u.connections > 0).count()
+    }
+
     /// Takes one message of `bytes` from the key's buckets; `false` means rate limited.
     pub fn allow_message(&self, key: &Arc<str>, bytes: usize, now: Instant) -> bool {
         let s = &self.settings;

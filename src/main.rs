@@ -3,6 +3,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use yserve::auth;
+use yserve::cli::{self, CliError};
 use yserve::config::{Cli, Command, Config, LogFormat, TokenArgs};
 
 fn print_token(args: TokenArgs) -> anyhow::Result<()> {
@@ -13,6 +14,14 @@ fn print_token(args: TokenArgs) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     println!("{}", auth::issue(&secret, &args.sub, &grants, now + ttl)?);
     Ok(())
+}
+
+/// The operator commands' outcome; a closed stdout (`yserve log doc | head`) is not a failure.
+fn cli_result(result: Result<(), CliError>) -> anyhow::Result<()> {
+    match result {
+        Err(e) if e.is_broken_pipe() => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 fn init_logging(config: &Config) {
@@ -33,6 +42,11 @@ fn main() -> anyhow::Result<()> {
     let config = match cli.command {
         Some(Command::Serve(config)) => config,
         Some(Command::Token(args)) => return print_token(args),
+        Some(Command::Docs(args)) => return cli_result(cli::docs(&args)),
+        Some(Command::Log(args)) => return cli_result(cli::log(&args)),
+        Some(Command::Export(args)) => return cli_result(cli::export(&args)),
+        Some(Command::Import(args)) => return cli_result(cli::import(&args)),
+        Some(Command::Compact(args)) => return cli_result(cli::compact(&args)),
         None => cli.serve,
     };
     init_logging(&config);

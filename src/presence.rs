@@ -29,7 +29,18 @@ struct ClientState {
     /// `None` once removed (only the clock is kept).
     json: Option<Arc<str>>,
     renewed_at: Instant,
+    /// When the current state first appeared (renewals keep it).
+    since: Instant,
     owner: Option<ConnId>,
+}
+
+/// One present client, for operators (`GET /api/docs/{name}/presence`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresentClient {
+    pub client: u64,
+    pub state: Arc<str>,
+    pub since: Instant,
+    pub renewed_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -50,12 +61,17 @@ impl Presence {
             if !accept {
                 continue;
             }
+            let since = match self.clients.get(&client) {
+                Some(cur) if cur.json.is_some() => cur.since,
+                _ => now,
+            };
             self.clients.insert(
                 client,
                 ClientState {
                     clock: entry.clock,
                     json: (!is_null).then(|| entry.json.clone()),
                     renewed_at: now,
+                    since,
                     owner: (!is_null).then_some(conn),
                 },
             );
@@ -85,6 +101,29 @@ impl Presence {
             })
             .collect();
         (!clients.is_empty()).then_some(AwarenessUpdate { clients })
+    }
+
+    /// Every client with a state, by client id.
+    pub fn list(&self) -> Vec<PresentClient> {
+        let mut out: Vec<PresentClient> = self
+            .clients
+            .iter()
+            .filter_map(|(id, s)| {
+                s.json.as_ref().map(|json| PresentClient {
+                    client: id.get(),
+                    state: json.clone(),
+                    since: s.since,
+                    renewed_at: s.renewed_at,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| p.client);
+        out
+    }
+
+    /// Whether `client` has a state.
+    pub fn is_present(&self, client: u64) -> bool {
+        self.clients.get(&ClientID::new(client)).is_some_and(|s| s.json.is_some())
     }
 
     /// Number of clients with a state.

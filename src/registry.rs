@@ -38,6 +38,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Server-wide activity for `GET /api/events`.
+    pub events: ServerEvents,
     store: Store,
     settings: DocSettings,
     /// Notified whenever an entry is removed (shutdown waits for the map to empty).
@@ -60,7 +62,13 @@ pub struct Attachment {
 
 impl Registry {
     pub fn new(store: Store, settings: DocSettings) -> Arc<Registry> {
-        Arc::new(Registry { inner: Mutex::default(), store, settings, removed: Notify::new() })
+        Arc::new(Registry {
+            inner: Mutex::default(),
+            events: ServerEvents::new(),
+            store,
+            settings,
+            removed: Notify::new(),
+        })
     }
 
     /// Attaches a connection to a document, starting (and loading) it if it is not live.
@@ -79,6 +87,7 @@ impl Registry {
         let handle =
             DocActor::spawn(name.clone(), generation, Arc::downgrade(self), self.store.clone(), self.settings.clone());
         inner.docs.insert(name.clone(), Entry { handle: handle.clone(), generation, attached: 1 });
+        self.events.emit("document_opened", serde_json::json!({ "doc": name.as_str() }));
         Ok(Attachment { registry: self.clone(), name: name.clone(), generation, conn, handle })
     }
 
@@ -89,6 +98,7 @@ impl Registry {
         if unload {
             inner.docs.remove(name);
             drop(inner);
+            self.events.emit("document_closed", serde_json::json!({ "doc": name.as_str() }));
             self.removed.notify_waiters();
         }
         unload
@@ -99,6 +109,7 @@ impl Registry {
         let mut inner = self.lock();
         if inner.docs.get(name).is_some_and(|e| e.generation == generation) {
             inner.docs.remove(name);
+            self.events.emit("document_closed", serde_json::json!({ "doc": name.as_str() }));
         }
         drop(inner);
         self.removed.notify_waiters();
@@ -107,6 +118,11 @@ impl Registry {
     /// Whether anything (a connection, an OT session, a REST request) holds the document.
     pub(crate) fn is_attached(&self, name: &DocName, generation: u64) -> bool {
         self.lock().docs.get(name).is_some_and(|e| e.generation == generation && e.attached > 0)
+    }
+
+    /// Attachments (connections, OT sessions, requests) per live document.
+    pub fn attachments(&self) -> HashMap<Arc<str>, usize> {
+        self.lock().docs.iter().map(|(name, e)| (name.as_arc().clone(), e.attached)).collect()
     }
 
     pub fn live_documents(&self) -> usize {
@@ -151,5 +167,41 @@ impl Drop for Attachment {
         drop(inner);
         self.handle.shared.left.lock().expect("left lock poisoned").push(self.conn);
         self.handle.shared.wake.notify_one();
+    }
+}
+
+/// Server-wide events (documents opened and closed, users joining and leaving), fanned out
+/// to `GET /api/events` readers. Bounded: a reader that falls more than
+/// `SERVER_EVENTS_MAX` behind is dropped. Ids are a per-process counter; there is no
+/// replay (the activity is ephemeral, `GET /api/stats` and `/api/docs` give the state).
+pub struct ServerEvents {
+    tx: tokio::sync::broadcast::Sender<Arc<crate::document::StreamEvent>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+const SERVER_EVENTS_MAX: usize = 1024;
+
+impl std::fmt::Debug for ServerEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerEvents").field("readers", &self.tx.receiver_count()).finish()
+    }
+}
+
+impl ServerEvents {
+    fn new() -> ServerEvents {
+        ServerEvents { tx: tokio::sync::broadcast::channel(SERVER_EVENTS_MAX).0, next: Default::default() }
+    }
+
+    pub fn emit(&self, kind: &'static str, data: serde_json::Value) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let _ =
+            self.tx.send(Arc::new(crate::document::StreamEvent { id: id.to_string(), kind, data: data.to_string() }));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<crate::document::StreamEvent>> {
+        self.tx.subscribe()
     }
 }

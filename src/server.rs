@@ -32,6 +32,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tracing::warn!("no JWT key configured: anonymous mode, every client may read and write every document");
     }
     let store = Store::open(&config)?;
+    // The database lock (`dblock`), held until `run` returns: the CLI's write commands refuse
+    // to run while it is held, and a second server on the same database refuses to start.
+    let _db_lock = crate::dblock::DbLock::acquire(&config.db)?;
     let settings = DocSettings {
         bind_client_ids: !auth.is_anonymous(),
         snapshot_updates: config.snapshot_updates.max(1),
@@ -44,7 +47,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let addr = listener.local_addr()?;
     tracing::info!(db = %config.db.display(), sync = ?config.sync, "database open");
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    let state = AppState::new(config, auth, registry.clone());
+    let state = AppState::new(config, auth, registry.clone(), store.clone());
     let sessions = state.sessions.clone();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -61,12 +64,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     shutdown.await;
     tracing::info!("shutting down: no new connections; committing and closing documents");
     let _ = stop_tx.send(());
+    // OT connections close first, with 1001: a ShareDB client keeps its in-flight op and
+    // re-sends it after reconnecting, whereas an error reply would make it discard its
+    // pending ops (hard rollback). Yjs connections are closed by their documents below.
+    sessions.close_all();
     let left = registry.shutdown(shutdown_timeout).await;
     if left > 0 {
         tracing::warn!(documents = left, "documents still live at shutdown timeout");
     }
-    // Documents are committed and closed; OT connections (which no document owns) close now.
-    sessions.close_all();
     // Every session writes its 1001 close frame before the process exits.
     let open = sessions.drained(shutdown_timeout).await;
     if open > 0 {

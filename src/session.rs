@@ -26,11 +26,13 @@ use crate::config::Config;
 use crate::docname::DocName;
 use crate::document::DocMsg;
 use crate::limits::{ConnPermit, Limiter};
+use crate::metrics::METRICS;
 use crate::outbox::{outbox, Next};
 use crate::presence::ConnId;
 use crate::protocol::{self, close, CloseReason, Inbound};
 use crate::registry::Registry;
 use crate::validate::Limits;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -157,6 +159,7 @@ where
         }
     };
     tracing::debug!(conn, doc = %doc, user = %user, ?access, "connection opened");
+    registry.events.emit("user_joined", serde_json::json!({ "user": &*user, "doc": doc.as_str(), "conn": conn }));
     let (sender, outbox) = outbox(settings.outbound_queue_bytes_max);
     let join = DocMsg::Join { conn, outbox: sender, origin: user.clone() };
     let mut refusal = attachment.handle.send(join).await.err().map(|_| gone());
@@ -165,6 +168,7 @@ where
         tokio::select! {
             next = outbox.next() => match next {
                 Next::Frame(frame) => {
+                    METRICS.bytes_sent.fetch_add(frame.len() as u64, Relaxed);
                     if ws.send(Message::Binary(frame)).await.is_err() {
                         break;
                     }
@@ -185,8 +189,9 @@ where
             }
             msg = ws.next() => {
                 // Any frame, pongs included, shows the peer is alive.
-                if let Some(Ok(_)) = &msg {
+                if let Some(Ok(m)) = &msg {
                     last_heard = Instant::now();
+                    METRICS.bytes_received.fetch_add(m.len() as u64, Relaxed);
                 }
                 match msg {
                     None => break,
@@ -243,11 +248,15 @@ where
     outbox.close(CloseReason::new(close::GOING_AWAY, "connection ended"));
     drop(attachment);
     if let Some(reason) = refusal {
+        if reason.code != close::GOING_AWAY {
+            METRICS.refused(&format!("{} {}", reason.code, reason.reason));
+        }
         close_with(&mut ws, reason).await;
     }
     if dropped_updates > 0 {
         tracing::info!(conn, doc = %doc, user = %user, dropped_updates, "read-only connection closed");
     }
+    registry.events.emit("user_left", serde_json::json!({ "user": &*user, "doc": doc.as_str(), "conn": conn }));
     tracing::debug!(conn, doc = %doc, "connection closed");
 }
 

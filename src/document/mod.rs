@@ -26,15 +26,21 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 
 use crate::docname::DocName;
+use crate::metrics::METRICS;
 use crate::outbox::{OutboxSender, SendError};
 use crate::presence::{ConnId, Presence};
 use crate::protocol::{self, close, Checked, CloseReason, Inbound};
 use crate::registry::Registry;
-use crate::store::{OtRecord, Store, StoreError};
+use crate::store::{Record, Store, StoreError};
+use std::sync::atomic::Ordering::Relaxed;
 
+mod events;
 mod ot;
+mod query;
+pub use events::{parse_event_id, StreamEvent, Subscription};
 use ot::OtState;
 pub use ot::{OtKind, OtReply, OtReplyTo, OtRequest, OtSettings, OT_ORIGIN};
+pub use query::{format_ms, ApplyRefusal, DocQuery, LockOp, LockReply};
 
 /// A document unloading (or shutting down) with at least this many updates logged since its
 /// last snapshot writes one, so that its next load replays no tail.
@@ -65,6 +71,8 @@ pub enum DocMsg {
     Inbound { conn: ConnId, user: Arc<str>, msg: Inbound },
     /// A request of an OT client (ShareDB connection or REST) about one root text.
     Ot(OtRequest),
+    /// An operator request (REST): state, presence, a posted update, deletion.
+    Query(DocQuery),
     /// Commit what is pending, close every connection with 1001 and stop.
     Shutdown,
 }
@@ -111,6 +119,12 @@ enum Parked {
     To(ConnId, Bytes),
     /// Frames for OT connections (replies, acks, ops of subscribed texts).
     Peers(Vec<(crate::outbox::OutboxPeer, Bytes)>),
+    /// A new event stream reader.
+    Subscribe(Option<(u64, u64)>, tokio::sync::oneshot::Sender<Subscription>),
+    /// An event for the document's event streams.
+    Event(events::Event),
+    /// Any deferred answer (operator queries).
+    Call(Box<dyn FnOnce() + Send>),
     /// A REST caller's answer.
     Rest(
         tokio::sync::oneshot::Sender<Result<OtReply, crate::ot::error::OtError>>,
@@ -149,7 +163,13 @@ pub(crate) struct DocActor {
     inflight: FuturesOrdered<CommitAck>,
     parked: VecDeque<(u64, Parked)>,
     shutting_down: bool,
+    /// Set once the document was deleted: the actor stops.
+    deleted: bool,
     ot: OtState,
+    events: events::EventsState,
+    locks: crate::locks::Locks,
+    /// This document's share of the awareness gauge.
+    presence_reported: usize,
 }
 
 impl DocActor {
@@ -182,7 +202,11 @@ impl DocActor {
             inflight: FuturesOrdered::new(),
             parked: VecDeque::new(),
             shutting_down: false,
+            deleted: false,
             ot: OtState::default(),
+            events: events::EventsState::default(),
+            locks: crate::locks::Locks::default(),
+            presence_reported: 0,
         };
         tokio::spawn(actor.run(rx));
         DocHandle { tx, shared }
@@ -211,6 +235,7 @@ impl DocActor {
                 registry.remove(&name, generation);
             }
         }
+        crate::metrics::Metrics::adjust(&METRICS.awareness_states, self.presence_reported, 0);
         // Joins still queued get their outbox dropped, i.e. closed with 1011.
         rx.close();
         while rx.try_recv().is_ok() {}
@@ -245,11 +270,20 @@ impl DocActor {
                     }
                     self.handle_left();
                 }
-                _ = expiry.tick(), if !self.presence.is_empty() => {
+                _ = expiry.tick(), if !self.presence.is_empty() || !self.locks.is_empty() => {
+                    self.expire_locks().await;
                     if let Some(removed) = self.presence.expire(Instant::now(), self.settings.awareness_timeout) {
+                        self.report_presence();
+                        self.park_presence_leaves(&removed);
                         self.broadcast(protocol::encode_awareness(removed));
                     }
                 }
+            }
+            if self.deleted {
+                if let Some(registry) = self.registry.upgrade() {
+                    registry.remove(&self.name, self.generation);
+                }
+                return Exit::Done;
             }
             if self.inflight.is_empty() {
                 // The next load starts from a snapshot with no tail to replay (a cold load of
@@ -292,6 +326,9 @@ impl DocActor {
         // OT edits are written under this doc's own client id: nobody else may write with it.
         self.owners.entry(self.doc.client_id().get()).or_insert_with(|| OT_ORIGIN.into());
         self.ot_load(loaded.ot_texts);
+        self.locks = crate::locks::Locks::from_stored(loaded.locks.into_iter().map(|(key, holder, expires_at_ms)| {
+            crate::locks::Lock { key: key.into(), holder: holder.into(), expires_at_ms }
+        }));
         self.since_snapshot_updates = tail_len as u64;
         tracing::debug!(
             doc = %self.name,
@@ -322,6 +359,7 @@ impl DocActor {
             }
             DocMsg::Inbound { conn, user, msg } => self.handle_inbound(conn, user, msg).await,
             DocMsg::Ot(req) => self.handle_ot(req).await,
+            DocMsg::Query(query) => self.handle_query(query).await,
             DocMsg::Shutdown => self.shutting_down = true,
         }
     }
@@ -356,9 +394,18 @@ impl DocActor {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.own.extend(update.clients.keys().map(|id| id.get()));
                 }
+                let was_present: Vec<(u64, bool)> =
+                    update.clients.keys().map(|c| (c.get(), self.presence.is_present(c.get()))).collect();
                 if let Some(accepted) = self.presence.apply(conn, update, Instant::now()) {
+                    if self.events_followed() {
+                        for (client, entry) in &accepted.clients {
+                            let before = was_present.iter().any(|(c, p)| *c == client.get() && *p);
+                            self.park_presence_event(client.get(), before, &entry.json);
+                        }
+                    }
                     self.broadcast(protocol::encode_awareness(accepted));
                 }
+                self.report_presence();
             }
             Inbound::QueryAwareness => {
                 if let Some(states) = self.presence.current() {
@@ -491,17 +538,27 @@ impl DocActor {
         tracing::trace!(conn, doc = %self.name, seq, bytes = delta.len(), "update applied");
         self.since_snapshot_updates += 1;
         self.since_snapshot_bytes += delta.len() as u64;
+        let size = delta.len();
         let relay = protocol::encode_update(delta.clone());
         for client in &claims {
             self.owners.insert(*client, origin.clone());
         }
-        let (ot_records, ot_frames) = self.ot_from_yjs(seq, &origin);
-        if !self.issue(Some((seq, delta)), origin, claims, ot_records).await {
+        let mut deltas = self.take_text_deltas();
+        if self.events_followed() {
+            deltas.extend(self.observe_new_roots());
+        }
+        let (ot_records, ot_frames) = self.ot_from_yjs(seq, &origin, &deltas);
+        if !self.issue(Some((seq, delta)), origin.clone(), claims, ot_records).await {
             return false;
         }
+        METRICS.updates_received.fetch_add(1, Relaxed);
+        METRICS.updates_relayed.fetch_add(self.conns.len() as u64, Relaxed);
         self.park(Parked::Broadcast(relay));
         if !ot_frames.is_empty() {
             self.park(Parked::Peers(ot_frames));
+        }
+        if self.events_followed() {
+            self.park(Parked::Event(events::update_event(seq, &origin, size, &deltas)));
         }
         self.snapshot_if_due().await;
         true
@@ -515,7 +572,7 @@ impl DocActor {
         update: Option<(u64, Vec<u8>)>,
         origin: Arc<str>,
         claims: Vec<u64>,
-        ot: Vec<OtRecord>,
+        ot: Vec<Record>,
     ) -> bool {
         let ack = match self.store.append_with(self.name.as_arc().clone(), update, origin, claims, ot).await {
             Ok(ack) => ack,
@@ -542,6 +599,31 @@ impl DocActor {
             || self.since_snapshot_bytes >= self.settings.snapshot_bytes
         {
             self.write_snapshot(self.last_seq).await;
+        }
+    }
+
+    /// Keeps the process-wide awareness gauge in step with this document's table.
+    fn report_presence(&mut self) {
+        let now = self.presence.len();
+        crate::metrics::Metrics::adjust(&METRICS.awareness_states, self.presence_reported, now);
+        self.presence_reported = now;
+    }
+
+    fn park_presence_event(&mut self, client: u64, was_present: bool, json: &str) {
+        let state: serde_json::Value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
+        let action = match (state.is_null(), was_present) {
+            (true, _) => "leave",
+            (false, true) => "change",
+            (false, false) => "join",
+        };
+        self.park(Parked::Event(events::presence_event(client, action, state)));
+    }
+
+    fn park_presence_leaves(&mut self, removed: &yrs::sync::AwarenessUpdate) {
+        if self.events_followed() {
+            for client in removed.clients.keys() {
+                self.park(Parked::Event(events::presence_event(client.get(), "leave", serde_json::Value::Null)));
+            }
         }
     }
 
@@ -632,6 +714,9 @@ impl DocActor {
             Parked::Rest(tx, result) => {
                 let _ = tx.send(result);
             }
+            Parked::Call(answer) => answer(),
+            Parked::Event(event) => self.publish(event),
+            Parked::Subscribe(last, reply) => self.subscribe_events(last, reply),
         }
     }
 
@@ -661,6 +746,8 @@ impl DocActor {
         self.conns.remove(&conn);
         self.ot.remove_conn(conn);
         if let Some(removed) = self.presence.remove_connection(conn, Instant::now()) {
+            self.report_presence();
+            self.park_presence_leaves(&removed);
             self.broadcast(protocol::encode_awareness(removed));
         }
     }

@@ -28,7 +28,7 @@ use crate::ot::{sharedb, ytext};
 use crate::outbox::OutboxPeer;
 use crate::presence::ConnId;
 use crate::protocol::{self, close, CloseReason};
-use crate::store::{OtRecord, StoredText};
+use crate::store::{Record, StoredText};
 
 /// The `origin` of updates made through OT, in the update log (SPEC §3).
 pub const OT_ORIGIN: &str = "ot";
@@ -126,6 +126,8 @@ type Events = Arc<Mutex<Vec<(Arc<str>, Delta)>>>;
 #[derive(Default)]
 pub(crate) struct OtState {
     texts: HashMap<Arc<str>, OtText>,
+    /// Every observed root text: sequenced ones, and those an event stream follows.
+    observed: std::collections::HashSet<Arc<str>>,
     events: Events,
 }
 
@@ -134,6 +136,13 @@ impl OtState {
         for t in self.texts.values_mut() {
             t.subscribers.remove(&conn);
         }
+    }
+
+    /// Forgets every sequencer and subscriber (the document was deleted).
+    pub(crate) fn close_all(&mut self) {
+        self.texts.clear();
+        self.observed.clear();
+        self.drain_events();
     }
 
     fn drain_events(&self) -> Vec<(Arc<str>, Delta)> {
@@ -146,6 +155,8 @@ impl DocActor {
     /// the previous state are kept.
     pub(super) fn ot_load(&mut self, stored: Vec<StoredText>) {
         let mut old = std::mem::take(&mut self.ot.texts);
+        // A fresh doc (load, rebuild) has no observers yet.
+        self.ot.observed.clear();
         self.ot.drain_events();
         for t in stored {
             let name: Arc<str> = t.text.as_str().into();
@@ -176,7 +187,15 @@ impl DocActor {
     }
 
     fn observe_text(&mut self, name: &Arc<str>, seq: Sequencer) -> OtText {
+        let text = self.observe_root(name);
+        OtText { seq, text, subscribers: HashMap::new() }
+    }
+
+    /// Observes root text `name` (already checked to be text-like): each transaction that
+    /// changes it leaves its delta in the events list. For sequencers and event streams.
+    pub(super) fn observe_root(&mut self, name: &Arc<str>) -> TextRef {
         let text = self.doc.transact_mut().get_or_insert_text(name.clone());
+        self.ot.observed.insert(name.clone());
         let events = self.ot.events.clone();
         let key = name.clone();
         // Keyed observers live as long as the doc (a rebuild replaces both).
@@ -186,7 +205,17 @@ impl DocActor {
                 events.lock().expect("ot events lock poisoned").push((key.clone(), delta));
             }
         });
-        OtText { seq, text, subscribers: HashMap::new() }
+        text
+    }
+
+    /// Whether root `name` is observed already.
+    pub(super) fn is_observed(&self, name: &str) -> bool {
+        self.ot.observed.contains(name)
+    }
+
+    /// The text deltas the last transaction left.
+    pub(super) fn take_text_deltas(&mut self) -> Vec<(Arc<str>, Delta)> {
+        self.ot.drain_events()
     }
 
     /// The sequencer of `name`, created (and stored) on first use.
@@ -199,7 +228,7 @@ impl DocActor {
         let seq = Sequencer::new(epoch.clone(), FIRST_VERSION, Vec::new(), self.settings.ot.log_ops_max);
         let text = self.observe_text(name, seq);
         self.ot.texts.insert(name.clone(), text);
-        let record = OtRecord::Text { text: name.clone(), epoch, version: FIRST_VERSION };
+        let record = Record::Text { text: name.clone(), epoch, version: FIRST_VERSION };
         if !self.issue(None, OT_ORIGIN.into(), Vec::new(), vec![record]).await {
             return Err(OtError::Unavailable);
         }
@@ -228,6 +257,7 @@ impl DocActor {
             OtKind::Submit { v, src, seq, op, writable } => {
                 let result = self.ot_submit(&text, v, src, seq, op, writable, &user).await;
                 if let Err(e) = &result {
+                    crate::metrics::METRICS.refused(e.code());
                     tracing::info!(conn, doc = %self.name, user = %user, text = %text, code = e.code(), error = %e, "op refused");
                 }
                 result
@@ -268,6 +298,11 @@ impl DocActor {
         if self.shutting_down {
             return Err(OtError::Unavailable);
         }
+        if let Err(crate::locks::LockError::Held { holder, .. }) =
+            self.locks.check_write(name, user, super::query::now_ms())
+        {
+            return Err(OtError::Locked { holder: holder.to_string() });
+        }
         self.ot_text(name).await?;
         let t = &self.ot.texts[name];
         let epoch = t.seq.epoch.clone();
@@ -303,7 +338,8 @@ impl DocActor {
         };
         let t = self.ot.texts.get_mut(name).expect("sequencer created above");
         let logged = t.seq.commit(src.clone(), seq, op);
-        let record = OtRecord::Op {
+        crate::metrics::METRICS.ot_ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let record = Record::Op {
             text: name.clone(),
             version: logged.v,
             op: logged.op.to_json().to_string(),
@@ -320,6 +356,9 @@ impl DocActor {
             (self.last_seq, data)
         });
         let relay = update.as_ref().map(|(_, data)| protocol::encode_update(data.clone()));
+        let event = update.as_ref().filter(|_| self.events_followed()).map(|(seq, data)| {
+            super::events::update_event(*seq, OT_ORIGIN, data.len(), &[(name.clone(), logged.op.clone())])
+        });
         if !self.issue(update, OT_ORIGIN.into(), Vec::new(), vec![record]).await {
             return Err(OtError::Unavailable);
         }
@@ -327,6 +366,9 @@ impl DocActor {
             self.park(Parked::Broadcast(relay));
         }
         self.park(Parked::Peers(frames));
+        if let Some(event) = event {
+            self.park(Parked::Event(event));
+        }
         self.snapshot_if_due().await;
         Ok(OtReply::Submitted { v: logged.v, epoch, src, seq, missed })
     }
@@ -337,13 +379,15 @@ impl DocActor {
         &mut self,
         update_seq: u64,
         user: &Arc<str>,
-    ) -> (Vec<OtRecord>, Vec<(OutboxPeer, Bytes)>) {
+        deltas: &[(Arc<str>, Delta)],
+    ) -> (Vec<Record>, Vec<(OutboxPeer, Bytes)>) {
         let mut records = Vec::new();
         let mut frames = Vec::new();
-        for (name, delta) in self.ot.drain_events() {
-            let Some(t) = self.ot.texts.get_mut(&name) else { continue };
-            let logged = t.seq.commit(YJS_SRC.into(), update_seq, delta);
-            records.push(OtRecord::Op {
+        for (name, delta) in deltas {
+            let Some(t) = self.ot.texts.get_mut(name) else { continue };
+            let logged = t.seq.commit(YJS_SRC.into(), update_seq, delta.clone());
+            crate::metrics::METRICS.ot_ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            records.push(Record::Op {
                 text: name.clone(),
                 version: logged.v,
                 op: logged.op.to_json().to_string(),
@@ -352,7 +396,7 @@ impl DocActor {
                 user: user.clone(),
                 keep_from: t.seq.keep_from(),
             });
-            frames.extend(op_frames(self.name.as_str(), &name, t, &logged));
+            frames.extend(op_frames(self.name.as_str(), name, t, &logged));
         }
         (records, frames)
     }

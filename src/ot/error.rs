@@ -20,6 +20,8 @@ pub enum OtError {
     WrongRootType { root: String, found: &'static str },
     #[error("texts cannot be created or deleted through OT (every root text exists, empty until written)")]
     CreateOrDelete,
+    #[error("the text is locked by {holder}")]
+    Locked { holder: String },
     #[error("read-only access: ops are not accepted")]
     ReadOnly,
     #[error("no access to this document")]
@@ -39,7 +41,7 @@ impl OtError {
             OtError::OpTooLong { .. } | OtError::SurrogateSplit { .. } => "ERR_OT_OP_NOT_APPLIED",
             OtError::WrongRootType { .. } => "ERR_DOC_TYPE_NOT_RECOGNIZED",
             OtError::CreateOrDelete => "ERR_DOC_ALREADY_CREATED",
-            OtError::ReadOnly => "ERR_OP_SUBMIT_REJECTED",
+            OtError::ReadOnly | OtError::Locked { .. } => "ERR_OP_SUBMIT_REJECTED",
             OtError::Forbidden => "ERR_SNAPSHOT_READS_REJECTED",
             OtError::Unavailable => "ERR_UNKNOWN_ERROR",
         }
@@ -55,6 +57,7 @@ impl OtError {
             OtError::WrongRootType { .. } => 409,
             OtError::CreateOrDelete => 409,
             OtError::ReadOnly | OtError::Forbidden => 403,
+            OtError::Locked { .. } => 423,
             OtError::Unavailable => 503,
         }
     }

@@ -26,6 +26,7 @@ use crate::auth::{Access, Identity};
 use crate::docname::DocName;
 use crate::document::{DocMsg, OtKind, OtReplyTo, OtRequest};
 use crate::limits::{ConnPermit, Limiter};
+use crate::metrics::METRICS;
 use crate::ot::delta::{Delta, DeltaLimits};
 use crate::ot::error::OtError;
 use crate::ot::sharedb::{self, OpBody, Request};
@@ -33,6 +34,7 @@ use crate::outbox::{outbox, Next, OutboxPeer};
 use crate::presence::ConnId;
 use crate::protocol::{close, CloseReason};
 use crate::registry::{Attachment, Registry};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Per-connection settings, from `Config`.
 #[derive(Debug, Clone)]
@@ -94,7 +96,7 @@ where
             // Queued replies go out before a shutdown closes the connection.
             biased;
             next = outbox.next() => match next {
-                Next::Frame(frame) => match Utf8Bytes::try_from(frame) {
+                Next::Frame(frame) => match { METRICS.bytes_sent.fetch_add(frame.len() as u64, Relaxed); Utf8Bytes::try_from(frame) } {
                     Ok(text) => {
                         if ws.send(Message::Text(text)).await.is_err() {
                             break;
@@ -120,8 +122,9 @@ where
                 }
             }
             msg = ws.next() => {
-                if let Some(Ok(_)) = &msg {
+                if let Some(Ok(m)) = &msg {
                     last_heard = Instant::now();
+                    METRICS.bytes_received.fetch_add(m.len() as u64, Relaxed);
                 }
                 match msg {
                     None => break,
@@ -153,6 +156,9 @@ where
     outbox.close(CloseReason::new(close::GOING_AWAY, "connection ended"));
     drop(session);
     if let Some(reason) = refusal {
+        if reason.code != close::GOING_AWAY {
+            METRICS.refused(&format!("{} {}", reason.code, reason.reason));
+        }
         let broken = reason.code == close::MESSAGE_TOO_BIG;
         let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
         if ws.send(Message::Close(Some(frame))).await.is_ok() && !broken {
@@ -176,6 +182,7 @@ impl Session {
         let parsed = match sharedb::parse(frame) {
             Ok(p) => p,
             Err(reply) => {
+                METRICS.refused("ERR_MESSAGE_BADLY_FORMED");
                 tracing::info!(conn = self.conn, user = %self.identity.user, "ot: badly formed message");
                 self.reply(reply);
                 return;

@@ -171,14 +171,17 @@ export async function timed (fn) {
   return { ms: Date.now() - start, value }
 }
 
-/** Polls `cond` until it is truthy or `ms` pass; throws with `what` on timeout. */
+/**
+ * Polls `cond` until it is truthy or `ms` pass; throws with `what` on timeout (a function is
+ * called then, so that the message can show the state that did not converge).
+ */
 export async function waitFor (cond, what = 'condition', ms = 10000) {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
     if (await cond()) return
     await new Promise(resolve => setTimeout(resolve, 20))
   }
-  throw new Error(`timed out waiting for ${what}`)
+  throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`)
 }
 
 export const synced = (c, ms) => waitFor(() => c.provider.synced, `provider ${c.provider.roomname} synced`, ms)

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod awareness;
+mod cli;
 mod durability;
 mod hostile;
 mod limits;

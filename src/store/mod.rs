@@ -7,6 +7,8 @@
 //! (group commit), so durability costs one fsync per batch, not per update. If the commit
 //! fails, every command of the batch gets the error and nothing of it is visible.
 
+pub mod offline;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,9 +23,10 @@ use crate::config::{Config, SyncMode};
 
 /// The numbered migrations in `schema/`, applied in order via `PRAGMA user_version`.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../schema/0001_init.sql"),
-    include_str!("../schema/0002_client_owners.sql"),
-    include_str!("../schema/0003_ot.sql"),
+    include_str!("../../schema/0001_init.sql"),
+    include_str!("../../schema/0002_client_owners.sql"),
+    include_str!("../../schema/0003_ot.sql"),
+    include_str!("../../schema/0004_locks.sql"),
 ];
 
 /// Commands queued for the store thread; a bound keeps a flood of updates from growing
@@ -58,6 +61,8 @@ pub struct Loaded {
     pub owners: Vec<(u64, String)>,
     /// The OT sequencers of the document's texts, with their kept ops.
     pub ot_texts: Vec<StoredText>,
+    /// `(key, holder, expires_at_ms)` of the stored locks (some may have expired).
+    pub locks: Vec<(String, String, u64)>,
 }
 
 /// An OT sequencer as stored.
@@ -70,10 +75,14 @@ pub struct StoredText {
     pub ops: Vec<(u64, String, u64, String)>,
 }
 
-/// OT state written in the same transaction as the update it belongs to (SPEC §5: the op
-/// log, version and epoch are stored atomically with the Yjs update).
+/// Document state written in the same transaction as the update it belongs to (SPEC §5: the
+/// op log, version and epoch are stored atomically with the Yjs update), or alone.
 #[derive(Debug, Clone)]
-pub enum OtRecord {
+pub enum Record {
+    /// A lock taken or renewed.
+    LockSet { key: Arc<str>, holder: Arc<str>, expires_at_ms: u64 },
+    /// A lock released or expired.
+    LockClear { key: Arc<str> },
     /// A sequencer first used (or reset): its row, before any op.
     Text { text: Arc<str>, epoch: Arc<str>, version: u64 },
     /// An op applied at `version`; ops before `keep_from` are dropped (retention).
@@ -91,15 +100,34 @@ pub struct Append {
     pub origin: Arc<str>,
     /// Client ids first written by `origin` in this update.
     pub claims: Vec<u64>,
-    pub ot: Vec<OtRecord>,
+    pub ot: Vec<Record>,
     reply: Reply<()>,
 }
 
+/// A read run inside the store's transaction; it returns what to do once the batch's
+/// outcome is known (answer its caller, or report the batch's failure).
+type ReadJob = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(&Result<(), StoreError>) + Send> + Send>;
+
 enum Command {
-    Load { name: Arc<str>, reply: Reply<Loaded> },
+    Load {
+        name: Arc<str>,
+        reply: Reply<Loaded>,
+    },
+    Read(ReadJob),
+    /// Deletes a document and everything of it; answers whether it existed.
+    Delete {
+        name: Arc<str>,
+        reply: Reply<bool>,
+    },
     Append(Append),
-    Snapshot { name: Arc<str>, seq: u64, data: Vec<u8> },
-    Close { reply: oneshot::Sender<()> },
+    Snapshot {
+        name: Arc<str>,
+        seq: u64,
+        data: Vec<u8>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Cloneable handle to the store thread.
@@ -115,6 +143,8 @@ impl std::fmt::Debug for Command {
             Command::Append(a) => write!(f, "Append({}, {:?})", a.name, a.update.as_ref().map(|(s, _)| s)),
             Command::Snapshot { name, seq, .. } => write!(f, "Snapshot({name}, {seq})"),
             Command::Close { .. } => write!(f, "Close"),
+            Command::Read(_) => write!(f, "Read"),
+            Command::Delete { name, .. } => write!(f, "Delete({name})"),
         }
     }
 }
@@ -157,11 +187,40 @@ impl Store {
         update: Option<(u64, Vec<u8>)>,
         origin: Arc<str>,
         claims: Vec<u64>,
-        ot: Vec<OtRecord>,
+        ot: Vec<Record>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Append(Append { name, update, origin, claims, ot, reply })).await?;
         Ok(rx)
+    }
+
+    /// Runs `query` on the store thread, inside the next batch, and answers once that batch
+    /// committed: a read never reveals a write that then fails. The queries are this
+    /// module's functions (`offline::documents`, `offline::log`, …): SQL stays here.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let result = query(conn);
+            Box::new(move |batch: &Result<(), StoreError>| {
+                let _ = tx.send(match batch {
+                    Ok(()) => result,
+                    Err(e) => Err(e.clone()),
+                });
+            })
+        });
+        self.send(Command::Read(job)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Deletes a document: its row, updates, snapshots, owners and OT state. `false` if it
+    /// had none. The caller makes sure no actor of it is live.
+    pub async fn delete(&self, name: Arc<str>) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Delete { name, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Queues a snapshot; it commits with the batch it lands in, after every earlier append.
@@ -224,6 +283,8 @@ struct Worker {
 /// What to answer once the batch's transaction has committed (or failed).
 enum Pending {
     Load(Reply<Loaded>, Result<Loaded, StoreError>),
+    Read(Box<dyn FnOnce(&Result<(), StoreError>) + Send>),
+    Delete(Reply<bool>, Result<bool, StoreError>),
     Append(Reply<()>),
     Close(oneshot::Sender<()>),
 }
@@ -270,11 +331,19 @@ impl Worker {
                 Pending::Append(reply) => {
                     let _ = reply.send(result.clone());
                 }
+                Pending::Read(answer) => answer(&result),
+                Pending::Delete(reply, r) => {
+                    let _ = reply.send(match &result {
+                        Ok(()) => r,
+                        Err(e) => Err(e.clone()),
+                    });
+                }
                 Pending::Close(reply) => {
                     let _ = reply.send(());
                 }
             }
         }
+        crate::metrics::METRICS.commit(started.elapsed(), count);
         tracing::trace!(commands = count, elapsed_us = started.elapsed().as_micros() as u64, "store batch");
     }
 
@@ -291,6 +360,8 @@ impl Worker {
                     Command::Append(a) => Pending::Append(a.reply),
                     Command::Snapshot { .. } => continue,
                     Command::Close { reply } => Pending::Close(reply),
+                    Command::Read(job) => Pending::Read(job(conn)),
+                    Command::Delete { reply, .. } => Pending::Delete(reply, Err(StoreError::Closed)),
                 });
             }
             return Err(e.into());
@@ -318,6 +389,15 @@ impl Worker {
                     }
                 }
                 Command::Close { reply } => pending.push(Pending::Close(reply)),
+                Command::Read(job) => pending.push(Pending::Read(job(conn))),
+                Command::Delete { name, reply } => {
+                    let r = delete_document(conn, &name);
+                    self.ids.remove(&name);
+                    if let Err(e) = &r {
+                        first_error.get_or_insert_with(|| e.clone());
+                    }
+                    pending.push(Pending::Delete(reply, r));
+                }
             }
         }
         let result = match first_error {
@@ -354,7 +434,22 @@ fn append(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &s
     let update_seq = a.update.as_ref().map(|(seq, _)| *seq as i64);
     for record in &a.ot {
         match record {
-            OtRecord::Text { text, epoch, version } => {
+            Record::LockSet { key, holder, expires_at_ms } => {
+                let expires_at = humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(*expires_at_ms),
+                )
+                .to_string();
+                tx.prepare_cached(
+                    "INSERT INTO locks(doc_id, key, holder, expires_at_ms, expires_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(doc_id, key) DO UPDATE SET holder = ?3, expires_at_ms = ?4, expires_at = ?5",
+                )?
+                .execute(params![id, &**key, &**holder, *expires_at_ms as i64, expires_at, now])?;
+            }
+            Record::LockClear { key } => {
+                tx.prepare_cached("DELETE FROM locks WHERE doc_id = ?1 AND key = ?2")?.execute(params![id, &**key])?;
+            }
+            Record::Text { text, epoch, version } => {
                 tx.prepare_cached(
                     "INSERT INTO ot_texts(doc_id, text, epoch, version, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -362,7 +457,7 @@ fn append(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &s
                 )?
                 .execute(params![id, &**text, &**epoch, *version as i64, now])?;
             }
-            OtRecord::Op { text, version, op, src, seq, user, keep_from } => {
+            Record::Op { text, version, op, src, seq, user, keep_from } => {
                 tx.prepare_cached(
                     "INSERT INTO ot_ops(doc_id, text, version, op, src, seq, user_id, update_seq, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -408,6 +503,26 @@ fn snapshot(
     Ok(())
 }
 
+fn delete_document(tx: &Connection, name: &str) -> Result<bool, StoreError> {
+    let Some(id) = document_id(tx, name)? else {
+        return Ok(false);
+    };
+    // Children first: the foreign keys cascade, but explicit deletes do not depend on
+    // `foreign_keys` being on in whatever opened the file before.
+    for table in ["updates", "snapshots", "client_owners", "ot_ops", "ot_texts", "locks"] {
+        tx.prepare_cached(&format!("DELETE FROM {table} WHERE doc_id = ?1"))?.execute(params![id])?;
+    }
+    tx.prepare_cached("DELETE FROM documents WHERE id = ?1")?.execute(params![id])?;
+    Ok(true)
+}
+
+fn document_id(tx: &Connection, name: &str) -> Result<Option<i64>, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT id FROM documents WHERE name = ?1")?
+        .query_row(params![name], |r| r.get(0))
+        .optional()?)
+}
+
 fn load(tx: &Connection, name: &str) -> Result<Loaded, StoreError> {
     let id: Option<i64> = tx
         .prepare_cached("SELECT id FROM documents WHERE name = ?1")?
@@ -447,7 +562,11 @@ fn load(tx: &Connection, name: &str) -> Result<Loaded, StoreError> {
             })?
             .collect::<Result<Vec<_>, _>>()?;
     }
-    Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64, owners, ot_texts })
+    let locks = tx
+        .prepare_cached("SELECT key, holder, expires_at_ms FROM locks WHERE doc_id = ?1")?
+        .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64, owners, ot_texts, locks })
 }
 
 #[cfg(test)]
