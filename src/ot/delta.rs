@@ -100,7 +100,6 @@ pub mod reason {
     pub const BAD_INSERT: &str = "insert is neither a string nor an object";
     pub const EMBED_RETAIN: &str = "retain of an object (embed retain) is unsupported";
     pub const LENGTH_NOT_NUMBER: &str = "length is not a number";
-    pub const LENGTH_ZERO: &str = "length is zero";
     pub const LENGTH_NEGATIVE: &str = "length is negative";
     pub const LENGTH_FRACTIONAL: &str = "length is not an integer";
     pub const LENGTH_OVER_2_53: &str = "length is over 2^53";
@@ -727,8 +726,9 @@ fn parse_len(v: &Value) -> Result<u64, &'static str> {
         (None, Some(f)) => f as u64,
         (None, None) => return Err(reason::LENGTH_NOT_NUMBER),
     };
+    // Zero is accepted and then dropped by `push`, as quill-delta's builder does: clients
+    // write `{"retain": 0}` when an edit starts at the beginning.
     match len {
-        0 => Err(reason::LENGTH_ZERO),
         n if n > JS_LENGTH_MAX => Err(reason::LENGTH_OVER_2_53),
         n => Ok(n),
     }
@@ -780,6 +780,15 @@ mod tests {
             cases.len(),
             failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
         );
+    }
+
+    #[test]
+    fn zero_length_retains_and_deletes_are_dropped_as_quill_does() {
+        let limits = DeltaLimits { components_max: 10, insert_units_max: 100, len_max: 100 };
+        let d = Delta::from_json(&json!([{"retain": 0}, {"insert": "a"}, {"delete": 0}]), &limits).unwrap();
+        assert_eq!(d.to_json(), json!([{"insert": "a"}]));
+        let d = Delta::from_json(&json!([{"replace": 0, "insert": "a"}]), &limits).unwrap();
+        assert_eq!(d.to_json(), json!([{"insert": "a"}]));
     }
 
     #[test]
@@ -1048,7 +1057,6 @@ mod tests {
             (json!({"replace": 1}), REPLACE_WITHOUT_INSERT),
             (json!({"replace": 1, "insert": {"image": "x.png"}}), REPLACE_NOT_TEXT),
             (json!({"replace": 1, "insert": ""}), EMPTY_TEXT),
-            (json!({"replace": 0, "insert": "a"}), LENGTH_ZERO),
             (json!({"replace": "1", "insert": "a"}), LENGTH_NOT_NUMBER),
             (json!({"insert": "a", "attributes": null}), ATTRIBUTES_NOT_OBJECT),
             (json!({"retain": 1, "attributes": [1]}), ATTRIBUTES_NOT_OBJECT),
@@ -1067,10 +1075,6 @@ mod tests {
             (json!({"retain": null}), LENGTH_NOT_NUMBER),
             (json!({"retain": true}), LENGTH_NOT_NUMBER),
             (json!({"delete": [1]}), LENGTH_NOT_NUMBER),
-            (json!({"retain": 0}), LENGTH_ZERO),
-            (json!({"delete": 0}), LENGTH_ZERO),
-            (json!({"delete": 0.0}), LENGTH_ZERO),
-            (json!({"delete": -0.0}), LENGTH_ZERO),
             (json!({"retain": -1}), LENGTH_NEGATIVE),
             (json!({"delete": -2.5}), LENGTH_NEGATIVE),
             (json!({"delete": i64::MIN}), LENGTH_NEGATIVE),
