@@ -132,14 +132,11 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                 Ok(upgrade(request, on_upgrade, state))
             },
         );
-    // Only POST reads a body, bounded; GETs come without Content-Length, which
-    // `content_length_limit` would refuse (411).
+    // Bodies are read as a stream up to `message_bytes_max` (`None`: larger, 413), whatever
+    // their framing: `content_length_limit` refuses GETs (no Content-Length) and chunked
+    // bodies, and composing it with `.or` turned its refusal into an empty body.
     let body_max = state_for_rest.config.message_bytes_max as u64;
-    let body = warp::post()
-        .and(warp::body::content_length_limit(body_max))
-        .and(warp::body::bytes())
-        .or(warp::any().map(Bytes::new))
-        .unify();
+    let body = warp::body::stream().and_then(move |s| read_bounded(s, body_max));
     let api = warp::path("api")
         .and(warp::path::tail())
         .and(warp::method())
@@ -148,12 +145,23 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
         .and(body)
         .and(with_state(state_for_rest))
         .and_then(
-            |tail: warp::path::Tail,
+            move |tail: warp::path::Tail,
              method: warp::http::Method,
              query: HashMap<String, String>,
              headers: HeaderMap,
-             body: Bytes,
+             body: Option<Bytes>,
              state: Arc<AppState>| async move {
+                let Some(body) = body else {
+                    crate::metrics::METRICS.refused("http 413 PAYLOAD_TOO_LARGE");
+                    let message = format!("the body is larger than {body_max} bytes (--message-bytes-max)");
+                    let json = serde_json::json!({"error": {"code": "PAYLOAD_TOO_LARGE", "message": message}});
+                    let response = Response::builder()
+                        .status(StatusCode::PAYLOAD_TOO_LARGE)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Bytes::from(json.to_string()))
+                        .expect("json response");
+                    return Ok::<_, Rejection>(warp::reply::Reply::into_response(response));
+                };
                 let request = rest::Request {
                     method: method.as_str(),
                     path: tail.as_str(),
@@ -173,10 +181,16 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                         let keep_alive = warp::sse::keep_alive().interval(Duration::from_secs(30)).text("heartbeat");
                         return Ok(warp::reply::Reply::into_response(warp::sse::reply(keep_alive.stream(events))));
                     }
-                    rest::Reply::Json(status, json) => Response::builder()
-                        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-                        .header(header::CONTENT_TYPE, "application/json")
-                        .body(Bytes::from(json.to_string())),
+                    rest::Reply::Json(status, json) => {
+                        let mut builder = Response::builder()
+                            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                            .header(header::CONTENT_TYPE, "application/json");
+                        if status == 401 {
+                            builder = builder
+                                .header(header::WWW_AUTHENTICATE, "Bearer realm=\"yserve\", error=\"invalid_token\"");
+                        }
+                        builder.body(Bytes::from(json.to_string()))
+                    }
                     rest::Reply::Binary(data) => Response::builder()
                         .status(StatusCode::OK)
                         .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -185,8 +199,9 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                 Ok::<_, Rejection>(warp::reply::Reply::into_response(response.expect("api response")))
             },
         );
-    // WebSocket upgrades first (`/api/ot` included); other `/api/` requests fall through.
-    healthz.or(metrics).or(doc_ws).or(api)
+    // WebSocket upgrades first (`/api/ot` included, and documents named `metrics` or
+    // `healthz`); other requests fall through to the plain routes.
+    doc_ws.or(healthz).or(metrics).or(api)
 }
 
 fn with_state(
@@ -351,4 +366,28 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Bytes::new())
         .expect("static response")
+}
+
+/// Reads a request body, `None` once it passes `max` bytes.
+async fn read_bounded(
+    s: impl futures::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+    max: u64,
+) -> Result<Option<Bytes>, Rejection> {
+    use bytes::BufMut;
+    use futures::StreamExt;
+    futures::pin_mut!(s);
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = s.next().await {
+        let mut chunk = chunk.map_err(|_| warp::reject::reject())?;
+        if (out.len() + chunk.remaining()) as u64 > max {
+            return Ok(None);
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            let n = c.len();
+            out.put_slice(c);
+            chunk.advance(n);
+        }
+    }
+    Ok(Some(out.freeze()))
 }

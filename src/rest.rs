@@ -129,7 +129,7 @@ async fn handle_inner(state: &AppState, req: Request<'_>) -> Result<Reply, Failu
     match route {
         Route::Docs if method == "GET" => list_documents(state, &identity).await,
         Route::Stats if method == "GET" => Ok(Reply::Json(200, stats(state))),
-        Route::ServerEvents if method == "GET" => Ok(Reply::Events(server_events(state))),
+        Route::ServerEvents if method == "GET" => Ok(Reply::Events(server_events(state, identity.clone()))),
         Route::Docs | Route::Stats | Route::ServerEvents => Err(not_allowed()),
         Route::Events(doc) if method == "GET" => {
             require(&identity, &doc, Access::Read)?;
@@ -444,13 +444,21 @@ async fn doc_events(state: &AppState, doc: &DocName, last_event_id: Option<&str>
     Ok(Reply::Events(Box::pin(futures::StreamExt::chain(futures::stream::iter(replay), live))))
 }
 
-fn server_events(state: &AppState) -> EventStream {
+fn server_events(state: &AppState, identity: Identity) -> EventStream {
     let rx = state.registry.events.subscribe();
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(e) => Some(((*e).clone(), rx)),
-            // Lagged: too slow, dropped (the stream ends). Closed: shutting down.
-            Err(_) => None,
+    Box::pin(futures::stream::unfold((rx, identity), |(mut rx, identity)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    // Only events about documents the reader may read (as `/api/docs`).
+                    let v: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+                    if v.get("doc").and_then(Value::as_str).is_some_and(|d| identity.access(d).is_none()) {
+                        continue;
+                    }
+                    return Some(((*e).clone(), (rx, identity)));
+                }
+                Err(_) => return None,
+            }
         }
     }))
 }

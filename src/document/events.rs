@@ -127,6 +127,14 @@ impl DocActor {
             self.events.started = true;
         }
         self.observe_text_roots();
+        // With no reader, update events are not published, so the ring stops short of the
+        // last update: it must not claim to cover a reader that resumes; the log does.
+        self.events.readers.retain(|r| !r.is_closed());
+        if self.events.readers.is_empty() && self.events.seq < self.last_seq {
+            self.events.ring.clear();
+            self.events.seq = self.last_seq;
+            self.events.n = 0;
+        }
         let (tx, rx) = mpsc::channel(RING_EVENTS_MAX + READER_QUEUE_EVENTS_MAX);
         let mut replay_from_store = None;
         if let Some(last) = last {

@@ -3,12 +3,14 @@
 
 mod support;
 
+mod api;
 mod auth;
 mod awareness;
 mod cli;
 mod durability;
 mod hostile;
 mod limits;
+mod ot;
 mod property;
 mod refusals;
 mod sync;
