@@ -146,11 +146,11 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
         .and(with_state(state_for_rest))
         .and_then(
             move |tail: warp::path::Tail,
-             method: warp::http::Method,
-             query: HashMap<String, String>,
-             headers: HeaderMap,
-             body: Option<Bytes>,
-             state: Arc<AppState>| async move {
+                  method: warp::http::Method,
+                  query: HashMap<String, String>,
+                  headers: HeaderMap,
+                  body: Option<Bytes>,
+                  state: Arc<AppState>| async move {
                 let Some(body) = body else {
                     crate::metrics::METRICS.refused("http 413 PAYLOAD_TOO_LARGE");
                     let message = format!("the body is larger than {body_max} bytes (--message-bytes-max)");

@@ -278,7 +278,7 @@ fn awareness_allowed(update: &AwarenessUpdate, announced: &mut HashSet<u64>, set
 /// After a refused oversized message the WebSocket stream is mid-frame and unusable; the
 /// rest is then read raw and discarded, because closing a socket with unread input sends
 /// a TCP reset that can destroy our close frame before the client reads it.
-async fn close_with<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
+pub(crate) async fn close_with<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

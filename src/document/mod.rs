@@ -99,6 +99,11 @@ impl DocHandle {
     pub async fn send(&self, msg: DocMsg) -> Result<(), DocGone> {
         self.tx.send(msg).await.map_err(|_| DocGone)
     }
+
+    /// As `send`, handing the message back if the actor has stopped (to retry elsewhere).
+    pub async fn try_deliver(&self, msg: DocMsg) -> Result<(), DocMsg> {
+        self.tx.send(msg).await.map_err(|e| e.0)
+    }
 }
 
 struct Conn {
@@ -255,6 +260,7 @@ impl DocActor {
                     if let Err(e) = result {
                         tracing::error!(doc = %self.name, error = %e, "commit failed");
                         self.close_all(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
+                        self.close_ot_peers(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
                         return Exit::Failed("commit failed");
                     }
                     self.on_committed(ticket);

@@ -30,6 +30,9 @@ use crate::presence::ConnId;
 use crate::protocol::{self, close, CloseReason};
 use crate::store::{Record, StoredText};
 
+/// Bounds for ops read back from the store: none beyond JavaScript's lengths.
+const STORED: DeltaLimits = DeltaLimits { components_max: usize::MAX, insert_units_max: u64::MAX, len_max: 1 << 53 };
+
 /// The `origin` of updates made through OT, in the update log (SPEC §3).
 pub const OT_ORIGIN: &str = "ot";
 
@@ -162,9 +165,9 @@ impl DocActor {
             let name: Arc<str> = t.text.as_str().into();
             let mut ops = Vec::with_capacity(t.ops.len());
             for (v, src, seq, json) in t.ops {
-                let parsed = serde_json::from_str::<Value>(&json)
-                    .ok()
-                    .and_then(|j| Delta::from_json(&j, &self.settings.ot.op_limits).ok());
+                // Stored ops were checked when they were submitted, or come from Yjs edits,
+                // which no OT limit bounds (a paste of any size): load them without limits.
+                let parsed = serde_json::from_str::<Value>(&json).ok().and_then(|j| Delta::from_json(&j, &STORED).ok());
                 match parsed {
                     Some(op) => ops.push(LoggedOp { v, src: src.into(), seq, op }),
                     None => {
@@ -432,6 +435,24 @@ impl DocActor {
                 };
                 let frames = frames.into_iter().map(|f| (outbox.clone(), Bytes::from(f))).collect();
                 self.park(Parked::Peers(frames));
+            }
+        }
+    }
+
+    /// After a failed commit: every OT connection waiting on this document (subscribed, or
+    /// with a reply parked) is closed, so that its client reconnects and re-sends what was
+    /// not acknowledged, as a ShareDB client does, instead of waiting forever.
+    pub(super) fn close_ot_peers(&mut self, reason: CloseReason) {
+        for t in self.ot.texts.values() {
+            for s in t.subscribers.values() {
+                s.outbox.close(reason.clone());
+            }
+        }
+        for (_, parked) in &self.parked {
+            if let Parked::Peers(frames) = parked {
+                for (outbox, _) in frames {
+                    outbox.close(reason.clone());
+                }
             }
         }
     }

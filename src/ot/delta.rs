@@ -96,7 +96,6 @@ pub mod reason {
     pub const ATTRIBUTES_NOT_OBJECT: &str = "attributes is not an object";
     pub const ATTRIBUTES_ON_DELETE: &str = "attributes on a delete";
     pub const EMPTY_TEXT: &str = "insert of an empty string";
-    pub const EMPTY_EMBED: &str = "insert of an empty embed object";
     pub const BAD_INSERT: &str = "insert is neither a string nor an object";
     pub const EMBED_RETAIN: &str = "retain of an object (embed retain) is unsupported";
     pub const LENGTH_NOT_NUMBER: &str = "length is not a number";
@@ -707,7 +706,6 @@ fn parse_insert(v: &Value) -> Result<Insert, &'static str> {
     match v {
         Value::String(s) if s.is_empty() => Err(reason::EMPTY_TEXT),
         Value::String(s) => Ok(Insert::Text(s.clone())),
-        Value::Object(e) if e.is_empty() => Err(reason::EMPTY_EMBED),
         Value::Object(e) => Ok(Insert::Embed(e.clone())),
         _ => Err(reason::BAD_INSERT),
     }
@@ -1064,7 +1062,6 @@ mod tests {
             (json!({"delete": 1, "attributes": {"bold": true}}), ATTRIBUTES_ON_DELETE),
             (json!({"delete": 1, "attributes": {}}), ATTRIBUTES_ON_DELETE),
             (json!({"insert": ""}), EMPTY_TEXT),
-            (json!({"insert": {}}), EMPTY_EMBED),
             (json!({"insert": null}), BAD_INSERT),
             (json!({"insert": 5}), BAD_INSERT),
             (json!({"insert": ["a"]}), BAD_INSERT),

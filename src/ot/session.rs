@@ -17,8 +17,6 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::CapacityError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -159,12 +157,7 @@ where
         if reason.code != close::GOING_AWAY {
             METRICS.refused(&format!("{} {}", reason.code, reason.reason));
         }
-        let broken = reason.code == close::MESSAGE_TOO_BIG;
-        let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
-        if ws.send(Message::Close(Some(frame))).await.is_ok() && !broken {
-            let drain = async { while let Some(Ok(_)) = ws.next().await {} };
-            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-        }
+        crate::session::close_with(&mut ws, reason).await;
     }
     drop(sender);
     tracing::debug!(conn, "ot connection closed");
@@ -268,14 +261,29 @@ impl Session {
                 Err(_) => return self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable)),
             }
         }
-        let handle = self.docs[&doc].handle.clone();
         let reply = OtReplyTo::Wire { outbox: self.peer.clone(), action, echo: error_echo() };
-        let request =
+        let mut request =
             OtRequest { conn: self.conn, user: self.identity.user.clone(), text: text.as_arc().clone(), kind, reply };
-        if handle.send(DocMsg::Ot(request)).await.is_err() {
-            // The actor failed; the next request attaches a fresh one.
-            self.docs.remove(&doc);
-            self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable));
+        // An actor that failed (a commit error) has stopped; a fresh attachment loads the
+        // document again from the store. One retry: a second failure is reported.
+        for attempt in 0..2 {
+            let handle = self.docs[&doc].handle.clone();
+            match handle.try_deliver(DocMsg::Ot(request)).await {
+                Ok(()) => return,
+                Err(DocMsg::Ot(back)) if attempt == 0 => {
+                    request = back;
+                    self.docs.remove(&doc);
+                    match self.registry.attach(&doc, self.conn) {
+                        Ok(a) => {
+                            self.docs.insert(doc.clone(), a);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Err(_) => break,
+            }
         }
+        self.docs.remove(&doc);
+        self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable));
     }
 }
