@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 use warp::http::{header, HeaderMap, Response, StatusCode};
 use warp::hyper::body::Bytes;
 use warp::{Filter, Rejection, Reply};
@@ -333,6 +334,9 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
         let expires_in = identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix())));
         match (target, access) {
             (Target::Document(doc), Some(access)) => {
+                // Every line logged by the session carries its connection, user and document
+                // (the JSON log format prints the span's fields on each line).
+                let span = tracing::info_span!("session", conn, user = %identity.user, doc = %doc);
                 let params = SessionParams {
                     conn,
                     doc,
@@ -343,9 +347,10 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     limiter: state.limiter.clone(),
                     settings: SessionSettings::from(&state.config),
                 };
-                session::run(ws, state.registry.clone(), params).await;
+                session::run(ws, state.registry.clone(), params).instrument(span).await;
             }
             (_, _) => {
+                let span = tracing::info_span!("ot_session", conn, user = %identity.user);
                 let params = OtSessionParams {
                     conn,
                     sessions: state.sessions.clone(),
@@ -355,7 +360,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     limiter: state.limiter.clone(),
                     settings: ot_session_settings(&state.config),
                 };
-                crate::ot::session::run(ws, state.registry.clone(), params).await;
+                crate::ot::session::run(ws, state.registry.clone(), params).instrument(span).await;
             }
         }
     });

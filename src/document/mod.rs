@@ -213,7 +213,8 @@ impl DocActor {
             locks: crate::locks::Locks::default(),
             presence_reported: 0,
         };
-        tokio::spawn(actor.run(rx));
+        let span = tracing::info_span!("document", doc = %actor.name);
+        tokio::spawn(tracing::Instrument::instrument(actor.run(rx), span));
         DocHandle { tx, shared }
     }
 

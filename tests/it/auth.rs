@@ -207,3 +207,38 @@ async fn a_client_id_belongs_to_the_first_user_who_wrote_with_it_across_restarts
         conn.query_row("SELECT user_id FROM client_owners WHERE client_id = 4242", [], |r| r.get(0)).unwrap();
     assert_eq!(owner, "alice");
 }
+
+#[tokio::test]
+async fn json_logs_name_connection_user_and_document_on_refusals_and_never_the_token() {
+    let server = TestServer::start_with(&["--jwt-secret", SECRET, "--log-format", "json"]);
+    let t = token("alice", &[("*", Access::Write)], now() + 60);
+    let url = format!("{}?token={t}", server.url("logged/doc"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    use futures::{SinkExt, StreamExt};
+    ws.send(tungstenite::Message::Text("not yjs".into())).await.unwrap();
+    // The refusal closes the connection with 1003.
+    let closed = tokio::time::timeout(crate::support::TIMEOUT, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let tungstenite::Message::Close(f) = m {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed, Some(1003));
+    crate::support::wait_for_log(&server, "text frame on a Yjs connection").await;
+    let log = server.log();
+    assert!(!log.contains(&t), "tokens never appear in logs");
+    let refusal = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("text frame")))
+        .expect("the refusal is logged as JSON");
+    // The session's span carries them; the line names them whatever the message.
+    let span = &refusal["span"];
+    assert_eq!(span["user"], "alice", "{refusal}");
+    assert_eq!(span["doc"], "logged/doc", "{refusal}");
+    assert!(span["conn"].as_u64().is_some(), "{refusal}");
+}
