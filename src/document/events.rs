@@ -61,6 +61,23 @@ pub(crate) struct EventsState {
     started: bool,
 }
 
+impl EventsState {
+    /// Queues an event to every reader; a reader whose queue is full is dropped (its stream
+    /// ends), as is one that went away. Returns how many were dropped for being slow.
+    fn fan_out(&mut self, event: &Arc<StreamEvent>) -> usize {
+        let mut slow = 0;
+        self.readers.retain(|r| match r.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                slow += 1;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        slow
+    }
+}
+
 pub fn update_event(seq: u64, origin: &str, size: usize, deltas: &[(Arc<str>, Delta)]) -> Event {
     let mut texts = serde_json::Map::new();
     for (name, delta) in deltas {
@@ -109,15 +126,11 @@ impl DocActor {
         while e.ring.len() > RING_EVENTS_MAX {
             e.ring.pop_front();
         }
-        let name = &self.name;
-        e.readers.retain(|r| match r.try_send(streamed.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(doc = %name, "event stream reader too slow; dropping it (it resumes with Last-Event-ID)");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        let dropped = e.fan_out(&streamed);
+        if dropped > 0 {
+            tracing::warn!(doc = %self.name, dropped, "event stream reader too slow; dropping it (it resumes with Last-Event-ID)");
+            crate::metrics::METRICS.refused("sse reader too slow");
+        }
     }
 
     /// A new reader, resuming after `last` if given.
@@ -198,5 +211,48 @@ impl DocActor {
             }
         }
         deltas
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u64) -> Arc<StreamEvent> {
+        Arc::new(StreamEvent { id: format!("{n}.0"), kind: "update", data: "{}".into() })
+    }
+
+    #[test]
+    fn a_reader_whose_queue_is_full_is_dropped_and_the_others_keep_receiving() {
+        let mut state = EventsState::default();
+        let (slow_tx, _slow_rx) = mpsc::channel(2);
+        let (fast_tx, mut fast_rx) = mpsc::channel(2);
+        state.readers.push(slow_tx);
+        state.readers.push(fast_tx);
+        for n in 0..5 {
+            let dropped = state.fan_out(&event(n));
+            // The slow reader never reads: its third event does not fit.
+            assert_eq!(dropped, usize::from(n == 2), "event {n}");
+            assert_eq!(fast_rx.try_recv().unwrap().id, format!("{n}.0"));
+        }
+        assert_eq!(state.readers.len(), 1);
+    }
+
+    #[test]
+    fn a_reader_that_went_away_is_forgotten_without_counting_as_slow() {
+        let mut state = EventsState::default();
+        let (tx, rx) = mpsc::channel(2);
+        state.readers.push(tx);
+        drop(rx);
+        assert_eq!(state.fan_out(&event(1)), 0);
+        assert!(state.readers.is_empty());
+    }
+
+    #[test]
+    fn event_ids_parse_as_seq_and_counter() {
+        assert_eq!(parse_event_id("42.3"), Some((42, 3)));
+        assert_eq!(parse_event_id(" 7.0 "), Some((7, 0)));
+        assert_eq!(parse_event_id("42"), None);
+        assert_eq!(parse_event_id("a.b"), None);
     }
 }
