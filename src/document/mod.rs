@@ -128,13 +128,8 @@ enum Parked {
     Subscribe(Option<(u64, u64)>, tokio::sync::oneshot::Sender<Subscription>),
     /// An event for the document's event streams.
     Event(events::Event),
-    /// Any deferred answer (operator queries).
+    /// Any deferred answer (operator queries, REST OT requests).
     Call(Box<dyn FnOnce() + Send>),
-    /// A REST caller's answer.
-    Rest(
-        tokio::sync::oneshot::Sender<Result<OtReply, crate::ot::error::OtError>>,
-        Result<OtReply, crate::ot::error::OtError>,
-    ),
 }
 
 type CommitAck = futures::future::BoxFuture<'static, (u64, Result<(), StoreError>)>;
@@ -170,6 +165,8 @@ pub(crate) struct DocActor {
     shutting_down: bool,
     /// Set once the document was deleted: the actor stops.
     deleted: bool,
+    /// Set by a failed commit: the actor stops (connections are already closed).
+    commit_failed: bool,
     ot: OtState,
     events: events::EventsState,
     locks: crate::locks::Locks,
@@ -208,6 +205,7 @@ impl DocActor {
             parked: VecDeque::new(),
             shutting_down: false,
             deleted: false,
+            commit_failed: false,
             ot: OtState::default(),
             events: events::EventsState::default(),
             locks: crate::locks::Locks::default(),
@@ -258,13 +256,7 @@ impl DocActor {
         loop {
             tokio::select! {
                 Some((ticket, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    if let Err(e) = result {
-                        tracing::error!(doc = %self.name, error = %e, "commit failed");
-                        self.close_all(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
-                        self.close_ot_peers(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
-                        return Exit::Failed("commit failed");
-                    }
-                    self.on_committed(ticket);
+                    self.on_commit_result(ticket, result);
                 }
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
@@ -285,6 +277,10 @@ impl DocActor {
                         self.broadcast(protocol::encode_awareness(removed));
                     }
                 }
+            }
+            // A failed commit (here or awaited inside a handler) ends the document.
+            if self.commit_failed {
+                return Exit::Failed("commit failed");
             }
             if self.deleted {
                 if let Some(registry) = self.registry.upgrade() {
@@ -667,12 +663,9 @@ impl DocActor {
     /// Replaces a doc that yrs may have left inconsistent with the stored state: waits for
     /// every queued commit (delivering what they release), then loads from the store.
     async fn rebuild(&mut self) {
-        while let Some((ticket, result)) = self.inflight.next().await {
-            if result.is_err() {
-                // The main loop sees the failure on its next commit check; keep the doc.
-                return;
-            }
-            self.on_committed(ticket);
+        if !self.drain_commits().await {
+            // The main loop ends the document after this handler.
+            return;
         }
         self.doc = Doc::with_options(Options { offset_kind: OffsetKind::Utf16, ..Options::default() });
         self.since_snapshot_bytes = 0;
@@ -705,6 +698,22 @@ impl DocActor {
         }
     }
 
+    /// The one place a commit's outcome is handled. A failure closes every connection (1011,
+    /// nothing parked is sent) and marks the actor failed; the main loop then stops it.
+    fn on_commit_result(&mut self, ticket: u64, result: Result<(), StoreError>) {
+        match result {
+            Ok(()) => self.on_committed(ticket),
+            Err(e) => {
+                tracing::error!(doc = %self.name, error = %e, "commit failed");
+                self.close_all(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
+                self.close_ot_peers(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
+                self.parked.clear();
+                self.inflight = FuturesOrdered::new();
+                self.commit_failed = true;
+            }
+        }
+    }
+
     fn on_committed(&mut self, ticket: u64) {
         self.committed = ticket;
         while self.parked.front().is_some_and(|(t, _)| *t <= ticket) {
@@ -718,9 +727,6 @@ impl DocActor {
             Parked::Broadcast(bytes) => self.broadcast(bytes),
             Parked::To(conn, bytes) => self.send_to(conn, bytes),
             Parked::Peers(frames) => self.deliver_peers(frames),
-            Parked::Rest(tx, result) => {
-                let _ = tx.send(result);
-            }
             Parked::Call(answer) => answer(),
             Parked::Event(event) => self.publish(event),
             Parked::Subscribe(last, reply) => self.subscribe_events(last, reply),

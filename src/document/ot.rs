@@ -411,7 +411,9 @@ impl DocActor {
 
     fn ot_reply(&mut self, text: &str, reply: OtReplyTo, result: Result<OtReply, OtError>) {
         match reply {
-            OtReplyTo::Rest(tx) => self.park(Parked::Rest(tx, result)),
+            OtReplyTo::Rest(tx) => self.park(Parked::Call(Box::new(move || {
+                let _ = tx.send(result);
+            }))),
             OtReplyTo::Wire { outbox, action, echo } => {
                 let c = self.name.as_str();
                 let frames: Vec<String> = match result {

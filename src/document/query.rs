@@ -82,7 +82,10 @@ impl DocActor {
             }
             DocQuery::Delete(reply) => {
                 // Whatever is queued commits first, so nothing lands after the delete.
-                self.drain_commits().await;
+                if !self.drain_commits().await {
+                    let _ = reply.send(Err(StoreError::Closed));
+                    return;
+                }
                 self.close_all(CloseReason::new(close::GOING_AWAY, "document deleted"));
                 self.ot.close_all();
                 let result = self.store.delete(self.name.as_arc().clone()).await;
@@ -161,15 +164,17 @@ impl DocActor {
         }
     }
 
-    /// Waits for every queued commit, delivering what they release.
-    pub(super) async fn drain_commits(&mut self) {
+    /// Waits for every queued commit, delivering what they release; `false` if one failed
+    /// (handled as in the main loop: connections closed, the actor stops).
+    pub(super) async fn drain_commits(&mut self) -> bool {
         use futures::StreamExt;
         while let Some((ticket, result)) = self.inflight.next().await {
-            if result.is_err() {
-                return;
+            self.on_commit_result(ticket, result);
+            if self.commit_failed {
+                return false;
             }
-            self.on_committed(ticket);
         }
+        true
     }
 }
 
