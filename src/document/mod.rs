@@ -211,7 +211,9 @@ impl DocActor {
             locks: crate::locks::Locks::default(),
             presence_reported: 0,
         };
-        let span = tracing::info_span!("document", doc = %actor.name);
+        // A root span: the actor outlives the session that happened to load it, and its log
+        // lines must not carry that connection's conn and user.
+        let span = tracing::info_span!(parent: None, "document", doc = %actor.name);
         tokio::spawn(tracing::Instrument::instrument(actor.run(rx), span));
         DocHandle { tx, shared }
     }

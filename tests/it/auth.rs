@@ -242,3 +242,33 @@ async fn json_logs_name_connection_user_and_document_on_refusals_and_never_the_t
     assert_eq!(span["doc"], "logged/doc", "{refusal}");
     assert!(span["conn"].as_u64().is_some(), "{refusal}");
 }
+
+#[tokio::test]
+async fn a_document_logs_under_its_own_span_not_the_session_that_loaded_it() {
+    let server = TestServer::start_with(&["--jwt-secret", SECRET, "--log-format", "json"]);
+    let grants = [("doc", Access::Write)];
+    let url = |user: &str| format!("{}?token={}", server.url("doc"), token(user, &grants, now() + 600));
+    // Alice's connection loads the document and stays connected.
+    let mut a = Client::connect_with_doc(&url("alice"), doc_with_client(4242)).await;
+    a.sync().await;
+    a.insert(0, "alice's").await;
+    a.wait_echo().await;
+    // Bob's update with Alice's client id is refused inside the document actor.
+    let mut b = Client::connect_with_doc(&url("bob"), doc_with_client(4242)).await;
+    b.sync().await;
+    b.edit(|t, txn| yrs::Text::insert(t, txn, 0, "forged ")).await;
+    assert_eq!(b.closed_with().await, (1008, "client-id".into()));
+    crate::support::wait_for_log(&server, "update for another user's client id").await;
+    let line = server
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("another user's client id")))
+        .expect("the refusal is logged as JSON");
+    assert_eq!(line["fields"]["user"], "bob", "{line}");
+    // The document's span must not inherit the session of whoever happened to load it.
+    let spans = line["spans"].as_array().expect("spans");
+    assert_eq!(spans.len(), 1, "{line}");
+    assert_eq!(spans[0]["name"], "document", "{line}");
+    assert_eq!(spans[0]["doc"], "doc", "{line}");
+}
