@@ -170,6 +170,13 @@ pub struct Config {
     #[arg(long, env = "YSERVE_SYNC", value_enum, default_value = "full")]
     pub sync: SyncMode,
 
+    /// Threads that run connections and documents (the store has its own thread). 0 = one per
+    /// core. 1 runs everything on the main thread (tokio's current-thread runtime): no wakeups
+    /// cross threads, which costs less CPU per relayed frame, but a long task (loading a big
+    /// document) holds up every connection meanwhile. See BENCHMARKS.md.
+    #[arg(long, env = "YSERVE_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     #[arg(long, env = "YSERVE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 

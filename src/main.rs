@@ -50,6 +50,10 @@ fn main() -> anyhow::Result<()> {
         None => cli.serve,
     };
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+    };
     runtime.block_on(yserve::server::run(config, yserve::server::signal()))
 }

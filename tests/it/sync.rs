@@ -26,6 +26,19 @@ async fn updates_are_relayed_to_every_connection_including_the_sender() {
 }
 
 #[tokio::test]
+async fn a_single_threaded_server_relays_and_persists_like_the_default_one() {
+    let mut server = TestServer::start_with(&["--worker-threads", "1"]);
+    let mut a = Client::synced(&server.url("one-thread")).await;
+    let mut b = Client::synced(&server.url("one-thread")).await;
+    a.insert(0, "one thread").await;
+    b.pump_until(|c| c.text() == "one thread", "relay to peer").await;
+    a.wait_echo().await;
+    drop((a, b));
+    server.restart();
+    assert_eq!(Client::synced(&server.url("one-thread")).await.text(), "one thread");
+}
+
+#[tokio::test]
 async fn offline_edits_reconcile_on_reconnect() {
     let server = TestServer::start();
     let url = server.url("offline");
