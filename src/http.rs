@@ -200,9 +200,35 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                 Ok::<_, Rejection>(warp::reply::Reply::into_response(response.expect("api response")))
             },
         );
-    // WebSocket upgrades first (`/api/ot` included, and documents named `metrics` or
-    // `healthz`); other requests fall through to the plain routes.
-    doc_ws.or(healthz).or(metrics).or(api)
+    // The demo editor: `GET /` and `/demo/<asset>`. After `doc_ws`, so that a WebSocket
+    // upgrade to `/…` still reaches a document and only plain requests get the page.
+    let demo = warp::get()
+        .or(warp::head())
+        .unify()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and_then(demo_reply);
+    // WebSocket upgrades first (`/api/ot` included, and documents named `metrics`, `healthz`
+    // or `demo/…`); other requests fall through to the plain routes.
+    doc_ws.or(healthz).or(metrics).or(demo).or(api)
+}
+
+/// A demo editor file (`crate::demo`), or a 404 rejection for any other path.
+async fn demo_reply(path: warp::path::FullPath, headers: HeaderMap) -> Result<Response<Bytes>, Rejection> {
+    let header = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
+    let request = crate::demo::Request {
+        path: path.as_str(),
+        if_none_match: header(header::IF_NONE_MATCH),
+        accept_encoding: header(header::ACCEPT_ENCODING),
+    };
+    let Some(reply) = crate::demo::handle(&request) else {
+        return Err(warp::reject::not_found());
+    };
+    let mut response = Response::builder().status(reply.status);
+    for (name, value) in reply.headers {
+        response = response.header(name, value);
+    }
+    Ok(response.body(reply.body).expect("demo response"))
 }
 
 fn with_state(

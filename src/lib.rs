@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dblock;
+pub mod demo;
 pub mod docname;
 pub mod document;
 pub mod http;

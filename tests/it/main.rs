@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod awareness;
 mod cli;
+mod demo;
 mod durability;
 mod hostile;
 mod limits;
