@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: Rust unit + integration tests, then the interop
-# tests that drive the real npm clients (yjs, y-websocket) against the built binary.
-# Installs what it needs (npm packages; Node.js from Debian if absent). One profile
-# (release) is used for everything so the code compiles once.
+# The whole test suite, from a fresh clone:
+#   1. Rust unit + integration tests (and the examples compile);
+#   2. interop tests: the real npm clients (yjs, y-websocket, sharedb) against the built binary;
+#   3. the TypeScript client SDK's tests, against the built binary; the demo bundle embedded
+#      in the binary must be what its sources build;
+#   4. the runnable examples, as smoke tests;
+#   5. the demo editor in a real headless Chromium (Debian's package).
+# Installs what it needs (npm packages; Node.js and Chromium from Debian if absent). One
+# profile (release) is used for everything so the code compiles once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +25,25 @@ cargo test --release --all-targets
 echo "==> npm interop tests (real yjs + y-websocket against target/release/yserve)"
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 (cd tests/interop && YSERVE_BIN="$PWD/../../target/release/yserve" npm test)
+
+bin="$PWD/target/release/yserve"
+
+echo "==> client-sdk: build, tests against target/release/yserve"
+(cd client-sdk && npm ci --no-audit --no-fund --loglevel=error)
+(cd client-sdk && YSERVE_BIN="$bin" npm test)
+
+echo "==> demo bundle: src/demo/ is what client-sdk/demo builds (npm run build:demo)"
+(cd client-sdk && npm run --silent build:demo)
+if ! git diff --quiet -- src/demo; then
+  git --no-pager diff --stat -- src/demo
+  echo "src/demo/ is stale: run 'cd client-sdk && npm run build:demo' and commit the result" >&2
+  exit 1
+fi
+
+echo "==> examples: smoke tests"
+(cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
+(cd examples/node && YSERVE_BIN="$bin" npm test)
+
+echo "==> demo editor in headless Chromium"
+tests/browser/setup.sh
+(cd tests/browser && YSERVE_BIN="$bin" npm test)

@@ -19,14 +19,26 @@ use crate::http::{self, AppState};
 use crate::registry::Registry;
 use crate::store::Store;
 
+/// Serves `config.addr` until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.addr).await?;
+    run_on(listener, config, shutdown).await
+}
+
+/// Serves an already bound listener (its address, not `config.addr`, is the one served):
+/// a program embedding the server binds port 0 itself and knows the port before serving.
+pub async fn run_on(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     let auth = load_auth(&config)?;
     if auth.is_anonymous() {
-        if !config.addr.ip().is_loopback() && !config.allow_anonymous {
+        if !addr.ip().is_loopback() && !config.allow_anonymous {
             anyhow::bail!(
-                "refusing to serve {} without a JWT key: everyone could read and write every document. \
-                 Configure --jwt-secret or --jwt-public-key, or pass --allow-anonymous",
-                config.addr
+                "refusing to serve {addr} without a JWT key: everyone could read and write every document. \
+                 Configure --jwt-secret or --jwt-public-key, or pass --allow-anonymous"
             );
         }
         tracing::warn!("no JWT key configured: anonymous mode, every client may read and write every document");
@@ -43,8 +55,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         ot: OtSettings { log_ops_max: config.ot_log_ops_max.max(1), op_limits: config.ot_op_limits() },
     };
     let registry = Registry::new(store.clone(), settings);
-    let listener = TcpListener::bind(config.addr).await?;
-    let addr = listener.local_addr()?;
     tracing::info!(db = %config.db.display(), sync = ?config.sync, "database open");
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     let state = AppState::new(config, auth, registry.clone(), store.clone());
