@@ -41,6 +41,8 @@ if ! git diff --quiet -- src/demo; then
 fi
 
 echo "==> examples: smoke tests"
+# `cargo test` builds examples under hashed names; the smoke test runs the plain one.
+cargo build --release --examples
 (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
 (cd examples/node && YSERVE_BIN="$bin" npm test)
 
