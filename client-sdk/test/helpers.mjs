@@ -1,79 +1,19 @@
-// Test helpers: the built yserve binary on 127.0.0.1:0 with a temporary database, waiting on
+// Test helpers: the built yserve binary (tests/support/server.mjs), waiting on
 // conditions with timeouts, and HS256 tokens minted here (claims as `src/auth.rs` reads them:
 // `sub`, `exp`, `docs`).
-import { spawn } from 'node:child_process'
 import { createHmac } from 'node:crypto'
-import { mkdtempSync, rmSync, existsSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join, dirname } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { Y, YserveProvider } from '../dist/index.js'
+import { Server as BaseServer } from '../../tests/support/server.mjs'
 
 // Every y-websocket provider adds a process 'exit' listener.
 process.setMaxListeners(200)
 
-const here = dirname(fileURLToPath(import.meta.url))
+export { binaryPath } from '../../tests/support/server.mjs'
 
-export function binaryPath () {
-  if (process.env.YSERVE_BIN) return process.env.YSERVE_BIN
-  const p = join(here, '..', '..', 'target', 'release', 'yserve')
-  if (existsSync(p)) return p
-  throw new Error(`yserve binary not found at ${p}: build it (cargo build --release) or set YSERVE_BIN`)
-}
-
-/** A yserve process with its own database; `restart()` keeps the database and the port. */
-export class Server {
-  constructor (extraArgs = []) {
-    this.dir = mkdtempSync(join(tmpdir(), 'yserve-sdk-'))
-    this.db = join(this.dir, 'yserve.db')
-    this.extraArgs = extraArgs
-    this.stderr = ''
-  }
-
-  async start () {
-    const addr = this.port ? `127.0.0.1:${this.port}` : '127.0.0.1:0'
-    this.proc = spawn(binaryPath(), ['serve', '--addr', addr, '--db', this.db, ...this.extraArgs], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, YSERVE_LOG: process.env.YSERVE_LOG || 'info' }
-    })
-    this.proc.stderr.on('data', d => { this.stderr += d.toString() })
-    this.exited = new Promise(resolve => this.proc.once('exit', (code, signal) => resolve({ code, signal })))
-    const m = await new Promise((resolve, reject) => {
-      let out = ''
-      const timer = setTimeout(() => reject(new Error('server did not print its address\n' + this.stderr)), 15000)
-      this.proc.stdout.on('data', d => {
-        out += d.toString()
-        const m = out.match(/listening on http:\/\/([\d.]+):(\d+)/)
-        if (m) { clearTimeout(timer); resolve(m) }
-      })
-      this.exited.then(e => { clearTimeout(timer); reject(new Error(`server exited early ${JSON.stringify(e)}\n${this.stderr}`)) })
-    })
-    this.port = Number(m[2])
-    this.url = `ws://127.0.0.1:${this.port}`
-    this.http = `http://127.0.0.1:${this.port}`
-    return this
-  }
-
-  /** SIGTERM and wait for the exit. */
-  async stop () {
-    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return
-    this.proc.kill('SIGTERM')
-    await this.exited
-  }
-
-  async restart () {
-    await this.stop()
-    return this.start()
-  }
-
-  async dispose () {
-    if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) {
-      this.proc.kill('SIGKILL')
-      await this.exited
-    }
-    rmSync(this.dir, { recursive: true, force: true })
-  }
+// The prefix names the suite whose temporary directories a crashed run leaves behind.
+export class Server extends BaseServer {
+  constructor (extraArgs = []) { super(extraArgs, 'yserve-sdk-') }
 }
 
 /**

@@ -1,61 +1,24 @@
-// Helpers for the browser test: the built yserve binary on 127.0.0.1:0 with a temporary
-// database, Debian's chromium through playwright-core, and demo pages that record every
-// page error and console error.
-import { spawn } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+// Helpers for the browser test: the built yserve binary (../support/server.mjs), Debian's
+// chromium through playwright-core, and demo pages that record every page error and
+// console error.
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
 import { chromium } from 'playwright-core'
+import { Server as BaseServer, root } from '../support/server.mjs'
 
-const here = dirname(fileURLToPath(import.meta.url))
-export const root = join(here, '..', '..')
+export { root, binaryPath } from '../support/server.mjs'
 export const artifacts = join(root, 'artifacts', 'browser')
 
 /** How long any one condition may take to hold (CI: 2 cores, a browser and the server). */
 export const TIMEOUT_MS = 30000
 
-export function binaryPath () {
-  const bin = process.env.YSERVE_BIN || join(root, 'target', 'release', 'yserve')
-  if (!existsSync(bin)) throw new Error(`${bin} missing: run \`cargo build --release\` first or set YSERVE_BIN`)
-  return bin
-}
+/** `stop()` also removes the database: the browser test never calls `dispose()`. */
+export class Server extends BaseServer {
+  constructor (args = []) { super(args, 'yserve-browser-') }
 
-/** A yserve process on 127.0.0.1:0 with its own database; `args`: more `serve` flags. */
-export class Server {
-  constructor (args = []) {
-    this.args = args
-  }
-
-  async start () {
-    this.dir = mkdtempSync(join(tmpdir(), 'yserve-browser-'))
-    this.stderr = ''
-    this.proc = spawn(binaryPath(), ['serve', '--addr', '127.0.0.1:0', '--db', join(this.dir, 'yserve.db'), ...this.args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, YSERVE_LOG: process.env.YSERVE_LOG || 'info' }
-    })
-    this.proc.stderr.on('data', d => { this.stderr += d })
-    this.exited = new Promise(resolve => this.proc.once('exit', (code, signal) => resolve({ code, signal })))
-    const port = await new Promise((resolve, reject) => {
-      let out = ''
-      const timer = setTimeout(() => reject(new Error(`yserve did not print its address\n${this.stderr}`)), 15000)
-      this.proc.stdout.on('data', d => {
-        out += d
-        const m = out.match(/listening on http:\/\/[\d.]+:(\d+)/)
-        if (m) { clearTimeout(timer); resolve(Number(m[1])) }
-      })
-      this.exited.then(e => { clearTimeout(timer); reject(new Error(`yserve exited early ${JSON.stringify(e)}\n${this.stderr}`)) })
-    })
-    this.http = `http://127.0.0.1:${port}`
-    return this
-  }
-
-  /** SIGTERM; resolves with the exit code once the server has drained. */
   async stop () {
-    if (!this.proc) return
-    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGTERM')
-    const { code } = await this.exited
-    rmSync(this.dir, { recursive: true, force: true })
+    const code = await super.stop()
+    await this.dispose()
     return code
   }
 }

@@ -9,10 +9,10 @@
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, execFileSync } from 'node:child_process'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { Server as BaseServer, binaryPath } from '../../../tests/support/server.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const examples = join(here, '..')
@@ -27,58 +27,12 @@ function built (envVar, path, how) {
   return p
 }
 
-const serverBinary = () => built('YSERVE_BIN', 'target/release/yserve', 'cargo build --release')
 const inProcessBinary = () =>
   built('YSERVE_EXAMPLE_IN_PROCESS', 'target/release/examples/in_process', 'cargo build --release --examples')
 
-/** The yserve binary on 127.0.0.1:0 with its own database. */
-class Server {
-  constructor (args = []) {
-    this.args = args
-    this.dir = mkdtempSync(join(tmpdir(), 'yserve-examples-'))
-    this.stderr = ''
-  }
-
-  async start () {
-    const db = join(this.dir, 'yserve.db')
-    this.proc = spawn(serverBinary(), ['serve', '--addr', '127.0.0.1:0', '--db', db, ...this.args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, YSERVE_LOG: process.env.YSERVE_LOG || 'info' }
-    })
-    this.proc.stderr.on('data', d => { this.stderr += d })
-    this.exited = new Promise(resolve => this.proc.once('exit', (code, signal) => resolve({ code, signal })))
-    const port = await new Promise((resolve, reject) => {
-      let out = ''
-      const timer = setTimeout(() => reject(new Error(`the server printed no address\n${this.stderr}`)), 15000)
-      this.proc.stdout.on('data', d => {
-        out += d
-        const m = out.match(/listening on http:\/\/[\d.]+:(\d+)/)
-        if (m) {
-          clearTimeout(timer)
-          resolve(Number(m[1]))
-        }
-      })
-      this.exited.then(e => {
-        clearTimeout(timer)
-        reject(new Error(`the server exited while starting: ${JSON.stringify(e)}\n${this.stderr}`))
-      })
-    })
-    this.ws = `ws://127.0.0.1:${port}`
-    this.http = `http://127.0.0.1:${port}`
-    return this
-  }
-
-  /** SIGTERM; resolves with the exit code (0 is a clean shutdown). */
-  async stop () {
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return this.proc.exitCode
-    this.proc.kill('SIGTERM')
-    return (await this.exited).code
-  }
-
-  dispose () {
-    if (this.proc?.exitCode === null && this.proc?.signalCode === null) this.proc.kill('SIGKILL')
-    rmSync(this.dir, { recursive: true, force: true })
-  }
+// The prefix names the suite whose temporary directories a crashed run leaves behind.
+class Server extends BaseServer {
+  constructor (args = []) { super(args, 'yserve-examples-') }
 }
 
 /** Runs a command to the end; resolves `{code, stdout, stderr}`. */
@@ -131,17 +85,17 @@ describe('against a server in anonymous mode', () => {
     try {
       assert.equal(await server.stop(), 0, `the server did not shut down cleanly\n${server.stderr}`)
     } finally {
-      server.dispose()
+      await server.dispose()
     }
   })
 
   test('ot-edit.mjs edits through the OT client and the Yjs client sees the same text', async () => {
-    assertRan(await runExample(process.execPath, ['ot-edit.mjs', server.ws]), OT_EDIT)
+    assertRan(await runExample(process.execPath, ['ot-edit.mjs', server.url]), OT_EDIT)
   })
 
   test('offline-reconcile.mjs converges after concurrent offline edits', async () => {
     // The URL from YSERVE_URL this time, the other way the scripts take it.
-    assertRan(await runExample(process.execPath, ['offline-reconcile.mjs'], { YSERVE_URL: server.ws }), OFFLINE)
+    assertRan(await runExample(process.execPath, ['offline-reconcile.mjs'], { YSERVE_URL: server.url }), OFFLINE)
   })
 
   test('rest-sse.sh walks through the HTTP API and the event stream', async () => {
@@ -163,14 +117,14 @@ describe('against a server with a JWT secret', () => {
   const secret = 'examples-smoke-test-secret'
   let server
   const tokenFor = sub =>
-    execFileSync(serverBinary(), ['token', '--sub', sub, '--doc', 'examples/*=write', '--ttl', '10m', '--jwt-secret', secret])
+    execFileSync(binaryPath(), ['token', '--sub', sub, '--doc', 'examples/*=write', '--ttl', '10m', '--jwt-secret', secret])
       .toString().trim()
   before(async () => { server = await new Server(['--jwt-secret', secret]).start() })
   after(async () => {
     try {
       assert.equal(await server.stop(), 0, `the server did not shut down cleanly\n${server.stderr}`)
     } finally {
-      server.dispose()
+      await server.dispose()
     }
   })
 
@@ -192,8 +146,8 @@ describe('against a server with a JWT secret', () => {
 
   test('the Node examples pass YSERVE_TOKEN to the server', async () => {
     const env = { YSERVE_TOKEN: tokenFor('carol') }
-    assertRan(await runExample(process.execPath, ['ot-edit.mjs', server.ws], env), OT_EDIT)
-    assertRan(await runExample(process.execPath, ['offline-reconcile.mjs', server.ws], env), OFFLINE)
+    assertRan(await runExample(process.execPath, ['ot-edit.mjs', server.url], env), OT_EDIT)
+    assertRan(await runExample(process.execPath, ['offline-reconcile.mjs', server.url], env), OFFLINE)
   })
 })
 
