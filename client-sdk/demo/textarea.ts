@@ -2,6 +2,13 @@
 // delta (common prefix and suffix kept), remote ops are applied with the caret and the
 // selection moved through them. Positions are UTF-16 code units, as the textarea's and the
 // server's (SPEC §5) are.
+//
+// Two spaces of positions meet here. The OT text's: its *display* string (`displayOf`:
+// the text with each embed as one U+FFFC, so every OT position is a string index). And the
+// textarea's: a textarea normalizes line ends in `.value` (CRLF and a lone CR both read
+// back as LF), so a CRLF is 2 units in the text and 1 in the textarea. Diffs are taken in
+// the textarea's space (`normalize(display)` against `.value`) and mapped back with
+// `toTextIndex`, so an edit touches only what the user changed and CRs elsewhere survive.
 
 export type Op = { retain?: number, insert?: string | object, delete?: number, attributes?: object }
 
@@ -53,7 +60,7 @@ export function transformPosition (ops: Op[], position: number): number {
   return position
 }
 
-/** Applies `ops` to `text` (plain text: embeds become U+FFFC, attributes are ignored). */
+/** Applies `ops` to `text` (a display string: embeds become U+FFFC, attributes are ignored). */
 export function apply (text: string, ops: Op[]): string {
   let out = ''
   let index = 0
@@ -73,9 +80,63 @@ export function apply (text: string, ops: Op[]): string {
 const isHighSurrogate = (c: number) => c >= 0xd800 && c <= 0xdbff
 const isLowSurrogate = (c: number) => c >= 0xdc00 && c <= 0xdfff
 
+/** The text as the textarea shows it, in OT positions: embeds as U+FFFC, attributes ignored. */
+export function displayOf (contents: readonly Op[]): string {
+  let s = ''
+  for (const op of contents) {
+    if (op.insert !== undefined) s += typeof op.insert === 'string' ? op.insert : '\uFFFC'
+  }
+  return s
+}
+
+/** What a textarea's `.value` reads back after being set to `text`: CRLF and lone CR as LF. */
+export function normalize (text: string): string {
+  return text.replace(/\r\n?/g, '\n')
+}
+
+/** How many units of `text` one unit of `normalize(text)` at `at` stands for (a CRLF: 2). */
+const unitAt = (text: string, at: number) => text.charCodeAt(at) === 13 && text.charCodeAt(at + 1) === 10 ? 2 : 1
+
+/** Index `index` of `normalize(text)` (the textarea) as an index of `text` (OT positions). */
+export function toTextIndex (text: string, index: number): number {
+  let at = 0
+  for (let shown = 0; shown < index && at < text.length; shown++) at += unitAt(text, at)
+  return at
+}
+
+/** Index `index` of `text` as an index of `normalize(text)`; inside a CRLF: after it. */
+export function toShownIndex (text: string, index: number): number {
+  let shown = 0
+  for (let at = 0; at < index && at < text.length; shown++) at += unitAt(text, at)
+  return shown
+}
+
+/**
+ * The delta that turns `text` (OT positions) into what the textarea shows after an edit,
+ * `shownAfter` (normalized): the diff is taken in the textarea's space, then its retain and
+ * delete are mapped to `text`'s positions. Inserts are what was typed (LF line ends).
+ */
+export function diffShown (text: string, shownAfter: string): Op[] {
+  const ops = diff(normalize(text), shownAfter)
+  const out: Op[] = []
+  let shown = 0
+  for (const op of ops) {
+    if (op.retain !== undefined) {
+      out.push({ retain: toTextIndex(text, op.retain) })
+      shown = op.retain
+    } else if (op.delete !== undefined) {
+      out.push({ delete: toTextIndex(text, shown + op.delete) - toTextIndex(text, shown) })
+    } else {
+      out.push(op)
+    }
+  }
+  return out
+}
+
 /** What the binding needs of an OT text (the SDK's `OtText`). */
 export interface OtTextLike {
-  readonly value: string
+  /** The text as a Quill Delta (the SDK's `value` leaves embeds out, so positions would not match). */
+  readonly contents: readonly Op[]
   submit (ops: Op[]): Promise<unknown>
   on (event: 'op', fn: (ops: Op[], meta: { local: boolean }) => void): unknown
   on (event: 'load', fn: () => void): unknown
@@ -90,32 +151,39 @@ export function bindTextarea (
   text: OtTextLike,
   { onLocalEdit, onError }: { onLocalEdit?: () => void, onError?: (e: unknown) => void } = {}
 ): void {
-  textarea.value = text.value
+  // The display string the textarea was last brought in line with (OT positions).
+  let shown = displayOf(text.contents)
+  textarea.value = shown
   textarea.addEventListener('input', () => {
-    // `text.value` is what the textarea showed before this edit: remote ops update both in
-    // the same task, so nothing can come between them.
-    const ops = diff(text.value, textarea.value)
+    // The text is what the textarea showed before this edit: ops update both in the same
+    // task, so nothing can come between them.
+    const ops = diffShown(displayOf(text.contents), textarea.value)
     if (ops.length === 0) return
     text.submit(ops).catch(e => onError?.(e))
     onLocalEdit?.()
   })
   text.on('op', (ops, { local }) => {
-    if (local) return
+    const before = shown
+    shown = displayOf(text.contents)
+    // A local op from the input listener: the textarea shows it already.
+    if (local && textarea.value === normalize(shown)) return
     const { selectionStart, selectionEnd, selectionDirection, scrollTop } = textarea
-    const moved = apply(textarea.value, ops) === text.value
-    textarea.value = text.value
-    // Only when the op explains the change (plain text: no embeds) are the positions valid.
+    // Only when the op explains the change are the positions valid.
+    const moved = apply(before, ops) === shown
+    textarea.value = shown
     if (moved) {
-      textarea.setSelectionRange(transformPosition(ops, selectionStart), transformPosition(ops, selectionEnd), selectionDirection)
+      const move = (at: number) => toShownIndex(shown, transformPosition(ops, toTextIndex(before, at)))
+      textarea.setSelectionRange(move(selectionStart), move(selectionEnd), selectionDirection)
     }
     textarea.scrollTop = scrollTop
   })
   // The whole text was fetched again (after a refused op, or a reconnect too late to catch
   // up op by op): show it, keeping the caret where it was as far as the text allows.
   text.on('load', () => {
-    if (textarea.value === text.value) return
+    shown = displayOf(text.contents)
+    if (textarea.value === normalize(shown)) return
     const { selectionStart, selectionEnd, selectionDirection, scrollTop } = textarea
-    textarea.value = text.value
+    textarea.value = shown
     textarea.setSelectionRange(selectionStart, selectionEnd, selectionDirection)
     textarea.scrollTop = scrollTop
   })

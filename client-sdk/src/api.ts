@@ -11,7 +11,7 @@ import type {
   DocEvent, DocumentInfo, DocumentList, Deleted, ErrorBody, ErrorBodyFor, ErrorCode, LockedErrorBody, HistoryPage, Lock, LockList,
   OpsPage, PostUpdateResult, PresenceClient, PresenceList, ServerEvent, Stats, SubmitOp, SubmitResult, TextSnapshot
 } from './wire.js'
-import { type TokenSource, resolveToken, trimSlashes } from './token.js'
+import { type TokenSource, resolveToken, trimSlashes, InvalidNameError, isDotSegment } from './token.js'
 
 export interface ApiClientOptions {
   /** A JWT or a function returning one; the function is called for every request. */
@@ -77,7 +77,17 @@ export function isApiError<C extends ErrorCode = ErrorCode> (error: unknown, ...
 
 type Query = Record<string, string | number | undefined>
 
-const seg = encodeURIComponent
+/**
+ * A name (document, text, lock) as one path segment: percent-encoded, `/` included. `.` and
+ * `..` are refused with an `InvalidNameError`: URL parsers resolve them whatever their
+ * spelling, so `…/locks/..` would be sent as `…/` (for `releaseLock`, the route that deletes
+ * the document). Every method that calls this is `async`, so the error is a rejection and
+ * nothing is sent.
+ */
+function seg (name: string, what = 'document name'): string {
+  if (isDotSegment(name)) throw new InvalidNameError(name, what)
+  return encodeURIComponent(name)
+}
 
 export class ApiClient {
   readonly baseUrl: string
@@ -120,19 +130,19 @@ export class ApiClient {
   }
 
   /** Applies a binary Yjs v1 update; `seq` is `null` when it brought nothing new. */
-  postUpdate (name: string, update: Uint8Array): Promise<PostUpdateResult> {
+  async postUpdate (name: string, update: Uint8Array): Promise<PostUpdateResult> {
     return this.call('POST', `/api/docs/${seg(name)}/update`, {
       body: update, contentType: 'application/octet-stream'
     })
   }
 
   /** Every root rendered as JSON (the server infers the types: `src/render.rs`). */
-  json (name: string, opts: { at?: number } = {}): Promise<Record<string, unknown>> {
+  async json (name: string, opts: { at?: number } = {}): Promise<Record<string, unknown>> {
     return this.call('GET', `/api/docs/${seg(name)}/json`, { query: { at: opts.at } })
   }
 
   /** A page of the update log; pass `next_after` as `after` for the next one. */
-  history (name: string, opts: { after?: number, limit?: number } = {}): Promise<HistoryPage> {
+  async history (name: string, opts: { after?: number, limit?: number } = {}): Promise<HistoryPage> {
     return this.call('GET', `/api/docs/${seg(name)}/history`, { query: { after: opts.after, limit: opts.limit } })
   }
 
@@ -142,20 +152,20 @@ export class ApiClient {
   }
 
   /** A root text: version, Quill Delta and plain text (the OT layer's REST mirror). */
-  text (name: string, text: string): Promise<TextSnapshot> {
-    return this.call('GET', `/api/docs/${seg(name)}/texts/${seg(text)}`)
+  async text (name: string, text: string): Promise<TextSnapshot> {
+    return this.call('GET', `/api/docs/${seg(name)}/texts/${seg(text, 'text name')}`)
   }
 
   /** Submits an OT op based on version `v`; it is transformed against the ops since. */
-  submitOp (name: string, text: string, op: SubmitOp): Promise<SubmitResult> {
-    return this.call('POST', `/api/docs/${seg(name)}/texts/${seg(text)}`, {
+  async submitOp (name: string, text: string, op: SubmitOp): Promise<SubmitResult> {
+    return this.call('POST', `/api/docs/${seg(name)}/texts/${seg(text, 'text name')}`, {
       body: JSON.stringify(op), contentType: 'application/json'
     })
   }
 
   /** The text's op log from version `from` on. */
-  opsSince (name: string, text: string, from: number): Promise<OpsPage> {
-    return this.call('GET', `/api/docs/${seg(name)}/texts/${seg(text)}/ops`, { query: { from } })
+  async opsSince (name: string, text: string, from: number): Promise<OpsPage> {
+    return this.call('GET', `/api/docs/${seg(name)}/texts/${seg(text, 'text name')}/ops`, { query: { from } })
   }
 
   /** Held locks. */
@@ -168,18 +178,18 @@ export class ApiClient {
    * users' OT writes). `ttl`: ms, or a duration such as `'90s'`; default 5 minutes. Throws
    * an `ApiError` with code `LOCKED` (and `holder`) when another user holds it.
    */
-  acquireLock (name: string, key: string, opts: { ttl?: number | string } = {}): Promise<Lock> {
+  async acquireLock (name: string, key: string, opts: { ttl?: number | string } = {}): Promise<Lock> {
     const ttl = typeof opts.ttl === 'number' ? `${Math.max(1, Math.round(opts.ttl))}ms` : opts.ttl
-    return this.call('POST', `/api/docs/${seg(name)}/locks/${seg(key)}`, { query: { ttl } })
+    return this.call('POST', `/api/docs/${seg(name)}/locks/${seg(key, 'lock key')}`, { query: { ttl } })
   }
 
   /** Releases a lock this user holds (`LOCKED` if another user does, `NOT_LOCKED` if nobody). */
-  releaseLock (name: string, key: string): Promise<Lock> {
-    return this.call('DELETE', `/api/docs/${seg(name)}/locks/${seg(key)}`)
+  async releaseLock (name: string, key: string): Promise<Lock> {
+    return this.call('DELETE', `/api/docs/${seg(name)}/locks/${seg(key, 'lock key')}`)
   }
 
   /** Deletes the document and its history; its live connections are closed (1001). */
-  deleteDoc (name: string): Promise<Deleted> {
+  async deleteDoc (name: string): Promise<Deleted> {
     return this.call('DELETE', `/api/docs/${seg(name)}`)
   }
 
@@ -188,7 +198,7 @@ export class ApiClient {
    * carries its `id`; pass the last one as `lastEventId` to resume later without a gap.
    */
   events (name: string, opts: EventStreamOptions = {}): AsyncIterable<DocEvent> {
-    return this.stream<DocEvent>(`/api/docs/${seg(name)}/events`, opts, ['update', 'presence', 'lock'])
+    return this.stream<DocEvent>(() => `/api/docs/${seg(name)}/events`, opts, ['update', 'presence', 'lock'])
   }
 
   /**
@@ -196,7 +206,7 @@ export class ApiClient {
    * after a reconnect the ones in between are missing (`docs()` and `stats()` have the state).
    */
   serverEvents (opts: Omit<EventStreamOptions, 'lastEventId'> = {}): AsyncIterable<ServerEvent> {
-    return this.stream<ServerEvent>('/api/events', opts,
+    return this.stream<ServerEvent>(() => '/api/events', opts,
       ['document_opened', 'document_closed', 'user_joined', 'user_left', 'lock'])
   }
 
@@ -222,9 +232,11 @@ export class ApiClient {
     return r
   }
 
+  /** `pathOf` is called on the first `next()`, so that an invalid name rejects it. */
   private async * stream<E extends { id: string, type: string, data: unknown }> (
-    path: string, opts: EventStreamOptions, types: string[]
+    pathOf: () => string, opts: EventStreamOptions, types: string[]
   ): AsyncGenerator<E> {
+    const path = pathOf()
     const reconnect = opts.reconnect ?? true
     const maxBackoff = opts.maxBackoffTime ?? 5000
     let lastEventId = opts.lastEventId
@@ -335,20 +347,17 @@ export interface SseMessage {
  */
 export async function * parseSse (body: ReadableStream<Uint8Array>): AsyncGenerator<SseMessage> {
   const reader = body.getReader()
+  // The stream is UTF-8 decoded, which strips one leading BOM: `TextDecoder` does that (its
+  // `ignoreBOM` is false), across chunks too. A second BOM is part of the first field name.
   const decoder = new TextDecoder()
   let buffer = ''
   let event = ''
   let data: string[] = []
   let id: string | undefined
-  let first = true
   try {
     while (true) {
       const { value, done } = await reader.read()
       buffer += done ? decoder.decode() : decoder.decode(value, { stream: true })
-      if (first && buffer.length > 0) {
-        if (buffer.charCodeAt(0) === 0xfeff) buffer = buffer.slice(1)
-        first = false
-      }
       // Split off complete lines; a trailing CR may be the first half of a CRLF.
       let start = 0
       for (let i = 0; i < buffer.length; i++) {

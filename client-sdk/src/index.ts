@@ -19,6 +19,6 @@ export { ApiClient, ApiError, isApiError, parseSse } from './api.js'
 export type { AnyApiError, ApiClientOptions, EventStreamOptions, SseMessage } from './api.js'
 
 export type { TokenSource, WebSocketConstructor, WebSocketLike } from './token.js'
-export { encodeDocPath } from './token.js'
+export { encodeDocPath, InvalidNameError } from './token.js'
 
 export * from './wire.js'

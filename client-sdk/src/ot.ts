@@ -44,7 +44,10 @@ export type OtConnectionState = 'connecting' | 'connected' | 'disconnected' | 's
 export interface OtClientEvents {
   /** The ShareDB connection's state. */
   state: (state: OtConnectionState) => void
-  /** A socket error or a failing token function (the client retries with backoff). */
+  /**
+   * A socket error, a failing token function or a throwing WebSocket constructor (the client
+   * retries with backoff).
+   */
   'connection-error': (error: unknown) => void
 }
 
@@ -97,7 +100,15 @@ class ReconnectingSocket {
   private open (): void {
     resolveToken(this.token).then(token => {
       if (this.closed) return
-      const ws = new this.Impl(withToken(this.url, token))
+      let ws: WebSocketLike
+      try {
+        ws = new this.Impl(withToken(this.url, token))
+      } catch (error) {
+        // E.g. a browser's SecurityError (ws:// from an https page): a failed attempt.
+        this.reportError(error)
+        this.retry()
+        return
+      }
       this.ws = ws
       ws.onopen = e => {
         this.attempts = 0

@@ -19,7 +19,7 @@ import type { ObservableV2 } from 'lib0/observable'
 import { IndexeddbPersistence } from 'y-indexeddb'
 import {
   type TokenSource, type WebSocketConstructor, type WebSocketLike,
-  resolveToken, webSocketImpl, withToken, encodeDocPath, wsBase, ReadyState
+  resolveToken, webSocketImpl, withToken, encodeDocPath, wsBase, ReadyState, InvalidNameError, isDotSegment
 } from './token.js'
 import { CloseCode } from './wire.js'
 
@@ -52,7 +52,10 @@ export interface YserveProviderEvents {
   /** The number of local changes the server has not confirmed yet; 0: all committed. */
   unsynced: (count: number) => void
   'connection-close': (event: CloseEvent | null, provider: WebsocketProvider) => void
-  /** A socket error, or the token function failing (the provider retries with backoff). */
+  /**
+   * A socket error, the token function failing, or the WebSocket constructor throwing (the
+   * provider retries with backoff).
+   */
   'connection-error': (event: Event | Error, provider: WebsocketProvider) => void
   /** The server refused for good (4400–4499 other than 4401 with a token function, 4408). */
   closed: (event: { code: number, reason: string }, provider: WebsocketProvider) => void
@@ -81,7 +84,7 @@ function shouldReconnect (code: number, tokenIsFunction: boolean): boolean {
 function tokenSocketClass (
   Impl: WebSocketConstructor,
   token: TokenSource | undefined,
-  onTokenError: (error: unknown) => void
+  onError: (error: unknown) => void
 ): WebSocketConstructor {
   return class TokenSocket implements WebSocketLike {
     static readonly CONNECTING = ReadyState.CONNECTING
@@ -106,7 +109,16 @@ function tokenSocketClass (
     constructor (url: string, protocols?: string | string[]) {
       resolveToken(token).then(t => {
         if (this.closedByUs) return
-        const ws = new Impl(withToken(url, t), protocols)
+        let ws: WebSocketLike
+        try {
+          ws = new Impl(withToken(url, t), protocols)
+        } catch (error) {
+          // E.g. a browser's SecurityError (ws:// from an https page) or a URL the
+          // implementation refuses: the stock provider would throw from `connect()`; here it
+          // is a failed attempt like any other.
+          this.fail(error, 'WebSocket constructor failed')
+          return
+        }
         ws.binaryType = this.binaryType
         ws.onopen = e => { this.readyState = ReadyState.OPEN; this.onopen?.(e) }
         ws.onmessage = e => this.onmessage?.(e)
@@ -115,12 +127,18 @@ function tokenSocketClass (
         this.inner = ws
       }, error => {
         if (this.closedByUs) return
-        // Reported like a failed connection (1006), so the provider backs off and calls the
-        // token function again.
-        onTokenError(error)
-        this.readyState = ReadyState.CLOSED
-        this.onclose?.({ code: 1006, reason: 'token function failed', wasClean: false })
+        this.fail(error, 'token function failed')
       })
+    }
+
+    /**
+     * Reports `error` as `connection-error` and closes like a failed connection (1006), so
+     * the provider backs off and tries again (calling the token function again).
+     */
+    private fail (error: unknown, reason: string): void {
+      onError(error)
+      this.readyState = ReadyState.CLOSED
+      this.onclose?.({ code: 1006, reason, wasClean: false })
     }
 
     send (data: any): void {
@@ -182,11 +200,16 @@ export class YserveProvider extends WebsocketProvider {
   private readonly _onLocalUpdate: (update: Uint8Array, origin: unknown) => void
   private readonly _onSync: () => void
 
+  /**
+   * Throws an `InvalidNameError` for a `docName` of `.` or `..`: no URL can carry it (every
+   * other name can; see `encodeDocPath`).
+   */
   constructor (serverUrl: string, docName: string, ydoc: Y.Doc, opts: YserveProviderOptions = {}) {
+    if (isDotSegment(docName)) throw new InvalidNameError(docName, 'document name')
     const Impl = webSocketImpl(opts.WebSocketPolyfill)
     const tokenIsFunction = typeof opts.token === 'function'
-    // The socket class needs the provider to report token errors, and `this` does not exist
-    // before `super()`.
+    // The socket class needs the provider to report errors (the token function's, the
+    // WebSocket constructor's), and `this` does not exist before `super()`.
     const self: { provider: YserveProvider | null } = { provider: null }
     const Socket = tokenSocketClass(Impl, opts.token, error => {
       const p = self.provider

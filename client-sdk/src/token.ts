@@ -48,13 +48,49 @@ export function withToken (url: string, token: string | undefined): string {
 }
 
 /**
+ * A name the SDK cannot put in a URL: a whole document name (provider) or a REST path
+ * segment (`ApiClient`: document, text or lock name) that is exactly `.` or `..`. Every
+ * WHATWG URL parser (browsers, Node's `fetch` and `ws`) resolves such a segment, `%2e` and
+ * `%2E` included, so no spelling of it reaches the server as a name: `api.releaseLock(doc,
+ * '..')` would become `DELETE /api/docs/{doc}/`, the route that deletes the document.
+ * Thrown (or, by `ApiClient` methods, rejected with) before anything is sent. (The OT
+ * client sends names inside JSON messages, so it opens such names.)
+ */
+export class InvalidNameError extends Error {
+  /** The refused name or segment. */
+  readonly value: string
+
+  constructor (value: string, what: string) {
+    super(`${what} ${JSON.stringify(value)} cannot be put in a URL: a "." or ".." path segment is resolved away by every URL parser`)
+    this.name = 'InvalidNameError'
+    this.value = value
+  }
+}
+
+/** Whether `segment` is one a URL parser resolves away (before percent-encoding: `.`, `..`). */
+export function isDotSegment (segment: string): boolean {
+  return segment === '.' || segment === '..'
+}
+
+/**
  * A document name as a URL path: each `/`-separated piece percent-encoded, the `/`s kept.
  * The server percent-decodes the whole path after the first `/` (SPEC §2), so this
  * round-trips any name, including `?`, `#`, `%`, spaces and non-ASCII, which the stock
  * y-websocket client appends to the URL unencoded.
+ *
+ * A piece that is `.` or `..` would be a dot segment, which URL parsers resolve (`a/../b`
+ * is sent as `b`): the `/` on either side of one is sent as `%2F` instead, which makes it
+ * part of a longer segment and decodes to the same name. A whole name of `.` or `..` has no
+ * such spelling: it throws an `InvalidNameError`.
  */
 export function encodeDocPath (name: string): string {
-  const path = name.split('/').map(encodeURIComponent).join('/')
+  if (isDotSegment(name)) throw new InvalidNameError(name, 'document name')
+  const pieces = name.split('/')
+  let path = encodeURIComponent(pieces[0])
+  for (let i = 1; i < pieces.length; i++) {
+    const slash = isDotSegment(pieces[i - 1]) || isDotSegment(pieces[i]) ? '%2F' : '/'
+    path += slash + encodeURIComponent(pieces[i])
+  }
   // The server reserves paths starting with `/api/` for its own endpoints and matches that
   // prefix before decoding; `%61` is an `a`, so a document named `api/…` stays reachable.
   return path.startsWith('api/') ? '%61' + path.slice(1) : path

@@ -163,9 +163,12 @@ export interface Deleted {
 // ---------------------------------------------------------------------------------------
 // Errors: `{"error": {"code", "message"}}`, keyed by code.
 
-/** Codes of the plain REST routes (`src/rest.rs`, `src/http.rs`) and their statuses. */
+/**
+ * Codes of the plain REST routes (`src/rest.rs`, `src/http.rs`) and their statuses. (An
+ * invalid name in the path is the ShareDB code `ERR_MESSAGE_BADLY_FORMED`, on every route.)
+ */
 export type RestErrorCode =
-  | 'BAD_REQUEST' // 400
+  | 'BAD_REQUEST' // 400: bad parameters or body (not a name: see ERR_MESSAGE_BADLY_FORMED)
   | 'UNAUTHORIZED' // 401
   | 'FORBIDDEN' // 403
   | 'NOT_FOUND' // 404
@@ -176,9 +179,13 @@ export type RestErrorCode =
   | 'UNSUPPORTED_MEDIA_TYPE' // 415
   | 'UNAVAILABLE' // 503
 
-/** ShareDB's codes, used by the OT WebSocket and the REST text routes (`src/ot/error.rs`). */
+/**
+ * ShareDB's codes (`src/ot/error.rs`), used by the OT WebSocket and the REST text routes;
+ * `ERR_MESSAGE_BADLY_FORMED` also by every REST route whose path holds an invalid document,
+ * text or lock name (too long, a control character, not UTF-8: `parse_route` in `src/rest.rs`).
+ */
 export type OtErrorCode =
-  | 'ERR_MESSAGE_BADLY_FORMED' // 400
+  | 'ERR_MESSAGE_BADLY_FORMED' // 400: a badly formed message or body; on any REST route, an invalid name in the path
   | 'ERR_OT_OP_BADLY_FORMED' // 400
   | 'ERR_OP_VERSION_NEWER_THAN_CURRENT_SNAPSHOT' // 400
   | 'ERR_SUBMIT_TRANSFORM_OPS_NOT_FOUND' // 409: base version older than the kept log

@@ -1,9 +1,9 @@
-// ApiClient against the real server: every REST route, typed errors, and the event streams
-// (SSE over fetch), including resuming with Last-Event-ID.
+// ApiClient against the real server: every REST route, typed errors, names it refuses (dot
+// segments), and the event streams (SSE over fetch), including resuming with Last-Event-ID.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Server, Clients, waitFor, within, signToken, Y } from './helpers.mjs'
-import { ApiClient, ApiError, isApiError, Presence, parseSse } from '../dist/index.js'
+import { ApiClient, ApiError, isApiError, InvalidNameError, Presence, parseSse } from '../dist/index.js'
 
 let server
 let api
@@ -125,6 +125,64 @@ test('errors are ApiErrors typed by the server\'s codes', async () => {
   const foreign = await new ApiClient(server.http + '/elsewhere').stats().catch(e => e)
   assert.equal(foreign.status, 404)
   assert.equal(foreign.code, 'HTTP_ERROR')
+})
+
+test('an invalid name in any REST path is a 400 ERR_MESSAGE_BADLY_FORMED, as the README table says', async () => {
+  // `parse_route` checks every name in the path (document, text, lock) before anything else.
+  for (const call of [
+    () => api.json('bad\u0001name'),
+    () => api.history('bad\u0001name'),
+    () => api.text('api/errors', 'bad\u0001name'),
+    () => api.releaseLock('api/errors', 'bad\u0001name'),
+    () => api.deleteDoc('bad\u0001name')
+  ]) {
+    const error = await call().catch(e => e)
+    assert.ok(isApiError(error, 'ERR_MESSAGE_BADLY_FORMED'), `${call}: ${error?.status} ${error?.code}`)
+    assert.equal(error.status, 400)
+  }
+})
+
+test('a name of "." or ".." is refused with an InvalidNameError before any request (it would address another route)', async () => {
+  const clients = new Clients()
+  const requests = []
+  const counting = new ApiClient(server.http, { fetch: (url, init) => { requests.push(`${init?.method} ${url}`); return fetch(url, init) } })
+  try {
+    const a = clients.add(server, 'precious')
+    await a.provider.whenSynced()
+    a.text.insert(0, 'keep me')
+    await a.provider.whenConfirmed()
+    clients.destroyAll()
+    assert.ok((await api.docs()).some(d => d.name === 'precious'), 'the document exists before')
+    // `DELETE /api/docs/precious/locks/..` would be sent as `DELETE /api/docs/precious/`.
+    const refused = await counting.releaseLock('precious', '..').catch(e => e)
+    assert.ok(refused instanceof InvalidNameError, `releaseLock('precious', '..') gave ${refused}`)
+    assert.equal(refused.name, 'InvalidNameError')
+    assert.equal(refused.value, '..')
+    assert.match(refused.message, /lock key "\.\."/)
+    assert.ok(!isApiError(refused))
+    assert.ok((await api.docs()).some(d => d.name === 'precious'), 'the document is still there')
+    assert.deepEqual(await api.json('precious'), { t: 'keep me' })
+
+    // Every method that takes a name: a rejection (never a synchronous throw), nothing sent.
+    for (const call of [
+      c => c.text('precious', '.'), c => c.submitOp('precious', '..', { src: 'x', seq: 1, op: [] }),
+      c => c.opsSince('precious', '.', 1), c => c.acquireLock('precious', '.'), c => c.releaseLock('precious', '.'),
+      c => c.json('..'), c => c.getUpdate('.'), c => c.postUpdate('..', new Uint8Array([0, 0])), c => c.history('.'),
+      c => c.presence('..'), c => c.locks('.'), c => c.deleteDoc('..'), c => c.deleteDoc('.')
+    ]) {
+      let promise
+      assert.doesNotThrow(() => { promise = call(counting) }, `${call} throws synchronously`)
+      await assert.rejects(promise, InvalidNameError, String(call))
+    }
+    const events = counting.events('..')[Symbol.asyncIterator]()
+    await assert.rejects(events.next(), InvalidNameError)
+    assert.deepEqual(requests, [])
+    // A name that merely contains a dot segment is one encoded path segment: fine.
+    assert.deepEqual(await counting.json('precious/..'), {})
+    assert.equal((await counting.text('precious', './t')).text, '')
+  } finally {
+    clients.destroyAll()
+  }
 })
 
 test('locks: acquire with a ttl, list, a conflict is a typed 409 with the holder, release; auth errors are typed', async () => {
@@ -358,4 +416,45 @@ test('the SSE parser handles CRLF, CR, split chunks, comments, multi-line data a
     { event: 'message', data: 'plain', id: '1.0' },
     { event: 'last', data: 'end', id: '2.0' }
   ])
+})
+
+function streamOf (chunks) {
+  const enc = new TextEncoder()
+  return new ReadableStream({
+    start (c) {
+      for (const ch of chunks) c.enqueue(typeof ch === 'string' ? enc.encode(ch) : ch)
+      c.close()
+    }
+  })
+}
+
+async function parsed (chunks) {
+  const out = []
+  for await (const m of parseSse(streamOf(chunks))) out.push(m)
+  return out
+}
+
+test('the SSE parser: edge cases of the event stream format', async () => {
+  const euro = new TextEncoder().encode('data: €\n\n') // € is 3 bytes
+  assert.deepEqual(await parsed([euro.slice(0, 7), euro.slice(7)]), [{ event: 'message', data: '€' }])
+  assert.deepEqual(await parsed(['data: a\r', '\ndata: b\r\n\r', '\n']), [{ event: 'message', data: 'a\nb' }])
+  assert.deepEqual(await parsed(['data: a\rdata: b\r\r']), [{ event: 'message', data: 'a\nb' }])
+  assert.deepEqual(await parsed([':hb\n\nid: 1.0\nevent: update\ndata: {}\n\ndata: x\n\n']),
+    [{ event: 'update', data: '{}', id: '1.0' }, { event: 'message', data: 'x', id: '1.0' }])
+  assert.deepEqual(await parsed(['data\n\n']), [{ event: 'message', data: '' }])
+  assert.deepEqual(await parsed(['data: x\n']), []) // no blank line: not dispatched
+  assert.deepEqual(await parsed(['id: a\0b\ndata: x\n\n']), [{ event: 'message', data: 'x' }])
+  assert.deepEqual(await parsed(['retry: 10\ndata: x\n\n']), [{ event: 'message', data: 'x' }])
+  assert.deepEqual(await parsed(['da', 'ta: x', 'y\n', '\n']), [{ event: 'message', data: 'xy' }])
+})
+
+test('the SSE parser strips exactly one leading BOM', async () => {
+  assert.deepEqual(await parsed(['\uFEFFdata: x\n\n']), [{ event: 'message', data: 'x' }])
+  const bom = new TextEncoder().encode('\uFEFFdata: x\n\n') // the BOM split over chunks
+  assert.deepEqual(await parsed([bom.slice(0, 1), bom.slice(1, 2), bom.slice(2)]), [{ event: 'message', data: 'x' }])
+  // A second BOM is part of the first field name ("\uFEFFdata"), which is no field: ignored.
+  assert.deepEqual(await parsed(['\uFEFF\uFEFFdata: x\n\n']), [])
+  assert.deepEqual(await parsed(['\uFEFF\uFEFFdata: x\n\ndata: y\n\n']), [{ event: 'message', data: 'y' }])
+  // Not at the start: part of the value.
+  assert.deepEqual(await parsed(['data: \uFEFFx\n\n']), [{ event: 'message', data: '\uFEFFx' }])
 })

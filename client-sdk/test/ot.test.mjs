@@ -155,6 +155,58 @@ test('the OT client calls its token function per connection and reconnects after
   }
 })
 
+test('a WebSocket constructor that throws counts as a failed attempt: reported and retried', async () => {
+  const unhandled = []
+  const listeners = process.listeners('unhandledRejection')
+  process.removeAllListeners('unhandledRejection') // the test runner's own would fail the test at once
+  process.on('unhandledRejection', e => unhandled.push(String(e)))
+  let ot
+  try {
+    let calls = 0
+    class FlakyWebSocket extends WebSocket {
+      constructor (url, protocols) {
+        if (++calls === 1) throw new Error('SecurityError: insecure WebSocket from a secure page')
+        super(url, protocols)
+      }
+    }
+    ot = new OtClient(server.url, { WebSocket: FlakyWebSocket, maxBackoffTime: 200 })
+    const errors = []
+    ot.on('connection-error', e => errors.push(e))
+    await waitFor(() => ot.state === 'connected',
+      () => `connected after the failed attempt (state ${ot.state}, constructor calls ${calls}, unhandled rejections ${JSON.stringify(unhandled)})`, 5000)
+    assert.equal(calls, 2)
+    assert.equal(errors.length, 1)
+    assert.match(errors[0].message, /SecurityError/)
+    assert.deepEqual(unhandled, [])
+    const text = await ot.openText('ot-flaky-ctor', 't')
+    await within(text.insert(0, 'after a failed attempt'), 5000, 'an op')
+  } finally {
+    process.removeAllListeners('unhandledRejection')
+    for (const l of listeners) process.on('unhandledRejection', l)
+    ot?.close()
+  }
+})
+
+test('names with dot segments need no care over OT: they travel inside JSON messages', async () => {
+  const ot = new OtClient(server.url, { WebSocket })
+  const clients = new Clients()
+  try {
+    const dotted = await ot.openText('ot-dots/..', '..')
+    await dotted.insert(0, 'in ot-dots/..')
+    const whole = await ot.openText('..', '.')
+    await whole.insert(0, 'in ..')
+    // The same texts through Yjs (the provider encodes the dot segment) and REST.
+    const a = clients.add(server, 'ot-dots/..')
+    await a.provider.whenSynced()
+    assert.equal(a.doc.getText('..').toString(), 'in ot-dots/..')
+    const names = (await new ApiClient(server.http).docs()).map(d => d.name)
+    assert.ok(names.includes('..') && names.includes('ot-dots/..') && !names.includes('ot-dots'), JSON.stringify(names))
+  } finally {
+    clients.destroyAll()
+    ot.close()
+  }
+})
+
 test('closing the OT client stops it for good', async () => {
   const srv = await new Server().start()
   try {

@@ -1,9 +1,10 @@
 // YserveProvider against the real server: sync, reconnection after a restart, document names
-// that need encoding, the unsynced count, and tokens (refresh after 4401).
+// that need encoding (dot segments too), the unsynced count, tokens (refresh after 4401), and
+// failed connection attempts (a failing token function, a throwing WebSocket constructor).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Server, Clients, waitFor, within, signToken, Y, WebSocket } from './helpers.mjs'
-import { YserveProvider, ApiClient } from '../dist/index.js'
+import { YserveProvider, ApiClient, InvalidNameError, encodeDocPath } from '../dist/index.js'
 
 let server
 before(async () => { server = await new Server().start() })
@@ -63,6 +64,59 @@ test('a document name with slashes, reserved URL characters and non-ASCII reache
     apiNamed.text.insert(0, 'not an endpoint')
     await apiNamed.provider.whenConfirmed()
     assert.deepEqual(await api.json('api/events'), { t: 'not an endpoint' })
+  } finally {
+    clients.destroyAll()
+  }
+})
+
+test('a document name with a "." or ".." segment reaches the server intact; a name of "." or ".." is refused', async () => {
+  // URL parsers resolve dot segments (`dots/../elsewhere` would be sent as `elsewhere`), so
+  // the `/` next to one is sent as %2F; the server decodes the whole path back.
+  assert.equal(encodeDocPath('dots/../elsewhere'), 'dots%2F..%2Felsewhere')
+  assert.equal(encodeDocPath('a/b/./c/d'), 'a/b%2F.%2Fc/d')
+  assert.equal(encodeDocPath('api/../x'), 'api%2F..%2Fx')
+  assert.equal(encodeDocPath('api/x/..'), '%61pi/x%2F..')
+  const clients = new Clients()
+  const api = new ApiClient(server.http)
+  try {
+    const names = ['dots/../elsewhere', 'dots/./here', 'dots/..', '../dots', 'api/..']
+    for (const name of names) {
+      const a = clients.add(server, name)
+      await within(a.provider.whenSynced(), 5000, `synced ${name}`)
+      a.text.insert(0, 'written to ' + name)
+      await within(a.provider.whenConfirmed(), 5000, `confirmed ${name}`)
+    }
+    const stored = (await api.docs()).map(d => d.name)
+    for (const name of names) {
+      assert.ok(stored.includes(name), `${name} among the server's documents: ${JSON.stringify(stored)}`)
+      assert.deepEqual(await api.json(name), { t: 'written to ' + name })
+    }
+    assert.ok(!stored.includes('elsewhere') && !stored.includes('dots/here') && !stored.includes('dots'), JSON.stringify(stored))
+    // No URL carries a whole name of "." or "..": refused before anything is sent.
+    for (const name of ['.', '..']) {
+      assert.throws(() => new YserveProvider(server.url, name, new Y.Doc(), { WebSocketPolyfill: WebSocket, connect: false }),
+        e => e instanceof InvalidNameError && e.name === 'InvalidNameError' && e.value === name)
+      assert.throws(() => encodeDocPath(name), InvalidNameError)
+    }
+  } finally {
+    clients.destroyAll()
+  }
+})
+
+test('a transaction that creates and removes a nested type is confirmed (unsynced reaches 0)', async () => {
+  const clients = new Clients()
+  try {
+    const a = clients.add(server, 'gc-nested')
+    await a.provider.whenSynced()
+    const map = a.doc.getMap('m')
+    a.doc.transact(() => {
+      const t = new Y.Text()
+      map.set('k', t)
+      t.insert(0, 'abc')
+      map.delete('k')
+    })
+    map.set('other', 1)
+    await within(a.provider.whenConfirmed(), 5000, `unsynced to reach 0 (it is ${a.provider.unsyncedChanges})`)
   } finally {
     clients.destroyAll()
   }
@@ -245,6 +299,40 @@ test('a token function that fails is retried, and reported as a connection error
     assert.equal(errors.length, 2)
     assert.match(errors[0].message, /token endpoint down/)
   } finally {
+    clients.destroyAll()
+  }
+})
+
+test('a WebSocket constructor that throws counts as a failed attempt: reported as a connection error and retried', async () => {
+  // E.g. a browser's SecurityError for ws:// from an https page, or `ws` refusing a URL. The
+  // constructor runs once the token is known, inside a promise: a throw there must not be
+  // lost as an unhandled rejection that leaves the provider connecting forever.
+  const unhandled = []
+  const listeners = process.listeners('unhandledRejection')
+  process.removeAllListeners('unhandledRejection') // the test runner's own would fail the test at once
+  process.on('unhandledRejection', e => unhandled.push(String(e)))
+  const clients = new Clients()
+  try {
+    let calls = 0
+    class FlakyWebSocket extends WebSocket {
+      constructor (url, protocols) {
+        if (++calls === 1) throw new Error('SecurityError: insecure WebSocket from a secure page')
+        super(url, protocols)
+      }
+    }
+    const a = clients.add(server, 'flaky-ctor', { WebSocketPolyfill: FlakyWebSocket, maxBackoffTime: 200, connect: false })
+    const errors = []
+    a.provider.on('connection-error', e => errors.push(e))
+    a.provider.connect()
+    await within(a.provider.whenSynced(), 5000,
+      `synced after the failed attempt (status ${a.provider.status}, constructor calls ${calls}, unhandled rejections ${JSON.stringify(unhandled)})`)
+    assert.equal(calls, 2)
+    assert.equal(errors.length, 1)
+    assert.match(errors[0].message, /SecurityError/)
+    assert.deepEqual(unhandled, [])
+  } finally {
+    process.removeAllListeners('unhandledRejection')
+    for (const l of listeners) process.on('unhandledRejection', l)
     clients.destroyAll()
   }
 })

@@ -1,7 +1,7 @@
 // Helpers for the browser test: the built yserve binary (../support/server.mjs), Debian's
 // chromium through playwright-core, and demo pages that record every page error and
 // console error.
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { chromium } from 'playwright-core'
 import { Server as BaseServer, root } from '../support/server.mjs'
@@ -37,11 +37,31 @@ export function launchBrowser () {
 }
 
 /**
+ * `YSERVE_DEMO_DIR=../../src/demo` (a directory holding `app.js` and `app.css`) serves the
+ * page's bundles from those files instead of the binary's embedded copies, so a change to
+ * `client-sdk/demo/` can be tested after `npm run build:demo` and before the binary is
+ * rebuilt. `index.html` still comes from the binary: a document chromium gets from a routed
+ * response counts as a public one, whose WebSockets to 127.0.0.1 its local network access
+ * checks block. Unset (the default, and what the suite runs), the binary serves everything.
+ */
+const demoDir = process.env.YSERVE_DEMO_DIR
+const demoFiles = { '/demo/app.js': ['app.js', 'text/javascript; charset=utf-8'], '/demo/app.css': ['app.css', 'text/css; charset=utf-8'] }
+
+async function serveDemoFromDir (context, server) {
+  if (!demoDir) return
+  await context.route(url => url.origin === server.http && Object.hasOwn(demoFiles, url.pathname), route => {
+    const [file, contentType] = demoFiles[new URL(route.request().url()).pathname]
+    return route.fulfill({ status: 200, contentType, body: readFileSync(join(demoDir, file)) })
+  })
+}
+
+/**
  * A demo page in its own browser context (its own storage: a separate person), with every
  * page error and console error collected in `errors`.
  */
 export async function openDemo (browser, server, { doc, name, token }) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 760 } })
+  await serveDemoFromDir(context, server)
   const page = await context.newPage()
   const errors = []
   page.on('pageerror', e => errors.push(`pageerror: ${e.stack || e.message}`))
