@@ -115,6 +115,10 @@ const view = new EditorView({
   state: EditorState.create({
     doc: ytext.toString(),
     extensions: [
+      // Line breaks are `\n` only, so a `\r` (a CRLF from another client) is one character
+      // here as it is in the Y.Text: CodeMirror's default reads CRLF as one line break, and
+      // y-codemirror's positions would then disagree with the Y.Text's after the first CRLF.
+      EditorState.lineSeparator.of('\n'),
       lineNumbers(),
       highlightActiveLineGutter(),
       highlightSpecialChars(),
