@@ -5,6 +5,7 @@ import { createHmac } from 'node:crypto'
 import WebSocket from 'ws'
 import { Y, YserveProvider } from '../dist/index.js'
 import { Server as BaseServer } from '../../tests/support/server.mjs'
+import { waitFor } from '../../tests/support/wait.mjs'
 
 // Every y-websocket provider adds a process 'exit' listener.
 process.setMaxListeners(200)
@@ -16,18 +17,7 @@ export class Server extends BaseServer {
   constructor (extraArgs = []) { super(extraArgs, 'yserve-sdk-') }
 }
 
-/**
- * Polls `cond` until it is truthy or `ms` pass; on timeout throws with `what` (a function is
- * called then, so the message can show the state that did not converge).
- */
-export async function waitFor (cond, what = 'condition', ms = 10000) {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (await cond()) return
-    await new Promise(resolve => setTimeout(resolve, 20))
-  }
-  throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`)
-}
+export { waitFor }
 
 /** Rejects if `promise` does not settle within `ms`. */
 export function within (promise, ms, what) {
@@ -70,6 +60,39 @@ export class Clients {
     for (const c of this.all.splice(0)) {
       c.provider.destroy()
       c.doc?.destroy()
+    }
+  }
+}
+
+/**
+ * A `ws` WebSocket class whose first construction throws, as a browser's SecurityError does
+ * for ws:// from an https page; `calls()` counts constructions.
+ */
+export function throwingOnceWebSocket () {
+  let calls = 0
+  class FlakyWebSocket extends WebSocket {
+    constructor (url, protocols) {
+      if (++calls === 1) throw new Error('SecurityError: insecure WebSocket from a secure page')
+      super(url, protocols)
+    }
+  }
+  return { FlakyWebSocket, calls: () => calls }
+}
+
+/**
+ * Collects unhandled rejections instead of letting the test runner fail the test at once, so
+ * a test can assert there were none; `restore()` puts the runner's listeners back.
+ */
+export function captureUnhandledRejections () {
+  const list = []
+  const listeners = process.listeners('unhandledRejection')
+  process.removeAllListeners('unhandledRejection')
+  process.on('unhandledRejection', e => list.push(String(e)))
+  return {
+    list,
+    restore () {
+      process.removeAllListeners('unhandledRejection')
+      for (const l of listeners) process.on('unhandledRejection', l)
     }
   }
 }

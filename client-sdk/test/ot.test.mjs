@@ -2,7 +2,7 @@
 // editing the same root Y.Text as a YserveProvider.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { Server, Clients, waitFor, within, signToken, WebSocket } from './helpers.mjs'
+import { Server, Clients, waitFor, within, signToken, WebSocket, throwingOnceWebSocket, captureUnhandledRejections } from './helpers.mjs'
 import { OtClient, ApiClient } from '../dist/index.js'
 
 let server
@@ -156,33 +156,23 @@ test('the OT client calls its token function per connection and reconnects after
 })
 
 test('a WebSocket constructor that throws counts as a failed attempt: reported and retried', async () => {
-  const unhandled = []
-  const listeners = process.listeners('unhandledRejection')
-  process.removeAllListeners('unhandledRejection') // the test runner's own would fail the test at once
-  process.on('unhandledRejection', e => unhandled.push(String(e)))
+  const unhandled = captureUnhandledRejections()
   let ot
   try {
-    let calls = 0
-    class FlakyWebSocket extends WebSocket {
-      constructor (url, protocols) {
-        if (++calls === 1) throw new Error('SecurityError: insecure WebSocket from a secure page')
-        super(url, protocols)
-      }
-    }
+    const { FlakyWebSocket, calls } = throwingOnceWebSocket()
     ot = new OtClient(server.url, { WebSocket: FlakyWebSocket, maxBackoffTime: 200 })
     const errors = []
     ot.on('connection-error', e => errors.push(e))
     await waitFor(() => ot.state === 'connected',
-      () => `connected after the failed attempt (state ${ot.state}, constructor calls ${calls}, unhandled rejections ${JSON.stringify(unhandled)})`, 5000)
-    assert.equal(calls, 2)
+      () => `connected after the failed attempt (state ${ot.state}, constructor calls ${calls()}, unhandled rejections ${JSON.stringify(unhandled.list)})`, 5000)
+    assert.equal(calls(), 2)
     assert.equal(errors.length, 1)
     assert.match(errors[0].message, /SecurityError/)
-    assert.deepEqual(unhandled, [])
+    assert.deepEqual(unhandled.list, [])
     const text = await ot.openText('ot-flaky-ctor', 't')
     await within(text.insert(0, 'after a failed attempt'), 5000, 'an op')
   } finally {
-    process.removeAllListeners('unhandledRejection')
-    for (const l of listeners) process.on('unhandledRejection', l)
+    unhandled.restore()
     ot?.close()
   }
 })

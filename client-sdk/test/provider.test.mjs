@@ -3,7 +3,7 @@
 // failed connection attempts (a failing token function, a throwing WebSocket constructor).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { Server, Clients, waitFor, within, signToken, Y, WebSocket } from './helpers.mjs'
+import { Server, Clients, waitFor, within, signToken, Y, WebSocket, throwingOnceWebSocket, captureUnhandledRejections } from './helpers.mjs'
 import { YserveProvider, ApiClient, InvalidNameError, encodeDocPath } from '../dist/index.js'
 
 let server
@@ -307,32 +307,22 @@ test('a WebSocket constructor that throws counts as a failed attempt: reported a
   // E.g. a browser's SecurityError for ws:// from an https page, or `ws` refusing a URL. The
   // constructor runs once the token is known, inside a promise: a throw there must not be
   // lost as an unhandled rejection that leaves the provider connecting forever.
-  const unhandled = []
-  const listeners = process.listeners('unhandledRejection')
-  process.removeAllListeners('unhandledRejection') // the test runner's own would fail the test at once
-  process.on('unhandledRejection', e => unhandled.push(String(e)))
+  const unhandled = captureUnhandledRejections()
   const clients = new Clients()
   try {
-    let calls = 0
-    class FlakyWebSocket extends WebSocket {
-      constructor (url, protocols) {
-        if (++calls === 1) throw new Error('SecurityError: insecure WebSocket from a secure page')
-        super(url, protocols)
-      }
-    }
+    const { FlakyWebSocket, calls } = throwingOnceWebSocket()
     const a = clients.add(server, 'flaky-ctor', { WebSocketPolyfill: FlakyWebSocket, maxBackoffTime: 200, connect: false })
     const errors = []
     a.provider.on('connection-error', e => errors.push(e))
     a.provider.connect()
     await within(a.provider.whenSynced(), 5000,
-      `synced after the failed attempt (status ${a.provider.status}, constructor calls ${calls}, unhandled rejections ${JSON.stringify(unhandled)})`)
-    assert.equal(calls, 2)
+      `synced after the failed attempt (status ${a.provider.status}, constructor calls ${calls()}, unhandled rejections ${JSON.stringify(unhandled.list)})`)
+    assert.equal(calls(), 2)
     assert.equal(errors.length, 1)
     assert.match(errors[0].message, /SecurityError/)
-    assert.deepEqual(unhandled, [])
+    assert.deepEqual(unhandled.list, [])
   } finally {
-    process.removeAllListeners('unhandledRejection')
-    for (const l of listeners) process.on('unhandledRejection', l)
+    unhandled.restore()
     clients.destroyAll()
   }
 })

@@ -4,6 +4,7 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
 import { Server as BaseServer } from '../support/server.mjs'
+import { waitFor } from '../support/wait.mjs'
 
 // Every WebsocketProvider adds a process 'exit' listener; the 50-room test has 200 of them.
 process.setMaxListeners(1000)
@@ -103,18 +104,7 @@ export async function timed (fn) {
   return { ms: Date.now() - start, value }
 }
 
-/**
- * Polls `cond` until it is truthy or `ms` pass; throws with `what` on timeout (a function is
- * called then, so that the message can show the state that did not converge).
- */
-export async function waitFor (cond, what = 'condition', ms = 10000) {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (await cond()) return
-    await new Promise(resolve => setTimeout(resolve, 20))
-  }
-  throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`)
-}
+export { waitFor }
 
 export const synced = (c, ms) => waitFor(() => c.provider.synced, `provider ${c.provider.roomname} synced`, ms)
 
