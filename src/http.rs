@@ -23,6 +23,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::docname::DocName;
+use crate::outbox::{self, Opcode};
 use crate::limits::{key_for, ConnRefusal, LimitSettings, Limiter};
 use crate::ot::session::{OtSessionParams, OtSessionSettings};
 use crate::registry::Registry;
@@ -346,6 +347,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
     };
     let accept = derive_accept_key(key.as_bytes());
     let ws_config = state.ws_config();
+    let queue_bytes_max = state.config.outbound_queue_bytes_max;
     let guard = state.sessions.enter();
     tokio::spawn(async move {
         let _guard = guard;
@@ -356,7 +358,12 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        let opcode = match target {
+            Target::Document(_) => Opcode::Binary,
+            _ => Opcode::Text,
+        };
+        let (socket, outbox, sender) = outbox::link(TokioIo::new(upgraded), queue_bytes_max, opcode);
+        let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(ws_config)).await;
         let expires_in = identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix())));
         match (target, access) {
             (Target::Document(doc), Some(access)) => {
@@ -372,6 +379,8 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     permit,
                     limiter: state.limiter.clone(),
                     settings: SessionSettings::from(&state.config),
+                    outbox,
+                    sender,
                 };
                 session::run(ws, state.registry.clone(), params).instrument(span).await;
             }
@@ -385,6 +394,8 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     permit,
                     limiter: state.limiter.clone(),
                     settings: ot_session_settings(&state.config),
+                    outbox,
+                    sender,
                 };
                 crate::ot::session::run(ws, state.registry.clone(), params).instrument(span).await;
             }

@@ -1,42 +1,98 @@
-//! The outbound queue of one connection, bounded in bytes.
+//! One connection's socket, shared by its session and the document actors that write to it.
 //!
-//! The document actor pushes encoded frames without ever waiting; the session pops them and
-//! writes them to the socket. A push that would take the queue past its byte limit closes the
-//! connection with 1013 instead: a slow consumer is closed, never waited on (which would stall
-//! every peer of the document) and never silently skipped (which would leave it diverged).
-//! A close request overtakes queued frames.
+//! A document actor relaying an update writes the WebSocket frame **straight to the socket**
+//! (a non-blocking write, under a lock never held across an `.await`): no task wakes up, and
+//! an idle connection costs one `sendto` per relayed frame. Only what the kernel does not
+//! take at once goes to the connection's **backlog**, which its session drains as the socket
+//! becomes writable. The backlog is bounded in bytes: a frame that would take it past the
+//! limit closes the connection with 1013 instead, so a slow consumer is closed, never waited
+//! on (which would stall every peer of the document) and never silently skipped (which would
+//! leave it diverged). A close request drops the backlog and overtakes it.
+//!
+//! The session reads and writes through tungstenite on a [`Socket`], which goes through the
+//! same lock and backlog: the frames of both sides reach the wire whole and in order.
+//!
+//! Invariant: while the backlog is empty nobody waits for the socket to become writable (a
+//! writer's readiness waker may be replaced by a no-op one); while it is not empty, only the
+//! session writes to the socket, and the session is woken whenever it becomes non-empty.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::metrics::METRICS;
 use crate::protocol::{close, CloseReason};
 
-#[derive(Debug)]
-struct State {
-    frames: VecDeque<Bytes>,
-    queued_bytes: usize,
-    close: Option<CloseReason>,
+/// What a connection's socket must be: the upgraded HTTP connection, or a test's pipe.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// The opcode of the data frames a connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opcode {
+    /// Yjs connections.
+    Binary = 0x2,
+    /// ShareDB (OT) connections: every message is JSON.
+    Text = 0x1,
 }
 
-#[derive(Debug)]
+/// A server ping (FIN, opcode 9, no payload, unmasked).
+const PING: [u8; 2] = [0x89, 0x00];
+
+/// Slices written per `writev` when draining the backlog.
+const DRAIN_SLICES_MAX: usize = 64;
+
+struct Chunk {
+    bytes: Bytes,
+    /// The last chunk of a frame: the wire is at a frame boundary once it is written.
+    frame_end: bool,
+}
+
+struct State {
+    io: Box<dyn Io>,
+    backlog: VecDeque<Chunk>,
+    backlog_bytes: usize,
+    /// Part of the backlog's first frame is already on the wire: it must be finished before
+    /// anything else (a close frame) can follow.
+    mid_frame: bool,
+    /// A close asked for by a writer (the document): the session closes with it.
+    close: Option<CloseReason>,
+    /// No more frames are accepted from documents (the session is ending).
+    senders_closed: bool,
+    /// A write failed: the connection is gone.
+    broken: bool,
+    /// The session's task, woken when the backlog becomes non-empty, on a close request and
+    /// when the socket breaks.
+    session: Option<Waker>,
+}
+
 struct Shared {
     state: Mutex<State>,
-    notify: Notify,
     queued_bytes_max: usize,
+    opcode: Opcode,
 }
 
-/// The session's end.
-#[derive(Debug)]
+/// The session's view of the socket, for tungstenite: reads, and writes that keep their
+/// place in line with the documents' frames. A write is always accepted whole (what the
+/// kernel does not take is queued), so tungstenite never holds half a frame; `flush` waits
+/// until the backlog is written.
+pub struct Socket {
+    shared: Arc<Shared>,
+}
+
+/// The session's end: it drains the backlog and learns of close requests.
 pub struct Outbox {
     shared: Arc<Shared>,
 }
 
 /// The document actor's end. Dropping it without a close (the actor died) closes the
 /// connection with 1011, so no session waits on a document that is gone.
-#[derive(Debug)]
 pub struct OutboxSender {
     shared: Arc<Shared>,
 }
@@ -44,15 +100,17 @@ pub struct OutboxSender {
 /// A further sender for a connection that several documents write to (an OT connection
 /// subscribes to texts of many documents). Unlike `OutboxSender`, dropping it closes nothing:
 /// one document going away must not end the connection to the others.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OutboxPeer {
     shared: Arc<Shared>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    Frame(Bytes),
+    /// A document asked to close the connection.
     Close(CloseReason),
+    /// Writing to the socket failed: the peer is gone.
+    Broken,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -63,81 +121,203 @@ pub enum SendError {
     Closed,
 }
 
-pub fn outbox(queued_bytes_max: usize) -> (OutboxSender, Outbox) {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State { frames: VecDeque::new(), queued_bytes: 0, close: None }),
-        notify: Notify::new(),
-        queued_bytes_max,
-    });
-    (OutboxSender { shared: shared.clone() }, Outbox { shared })
-}
-
 pub const SLOW_CONSUMER: CloseReason = CloseReason::new(close::TRY_AGAIN_LATER, "slow consumer");
 
+/// Wraps an upgraded connection. The backlog holds at most `queued_bytes_max` bytes, except
+/// that one frame larger than that is still accepted when the backlog is empty (one large
+/// initial sync can always be delivered).
+pub fn link(io: impl Io, queued_bytes_max: usize, opcode: Opcode) -> (Socket, Outbox, OutboxSender) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            io: Box::new(io),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            mid_frame: false,
+            close: None,
+            senders_closed: false,
+            broken: false,
+            session: None,
+        }),
+        queued_bytes_max,
+        opcode,
+    });
+    (Socket { shared: shared.clone() }, Outbox { shared: shared.clone() }, OutboxSender { shared })
+}
+
+/// The header of an unmasked, final frame of `len` payload bytes (RFC 6455 §5.2).
+fn header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x80 | opcode as u8;
+    if len < 126 {
+        h[1] = len as u8;
+        (h, 2)
+    } else if len <= u16::MAX as usize {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 10)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("outbox lock poisoned")
+    }
+
+    /// Writes a data frame from a document: straight to the socket when nothing is queued
+    /// before it, else into the backlog.
+    fn send(&self, payload: Bytes) -> Result<(), SendError> {
+        let (h, hlen) = header(self.opcode, payload.len());
+        let total = hlen + payload.len();
+        let mut state = self.lock();
+        if state.close.is_some() || state.senders_closed || state.broken {
+            return Err(SendError::Closed);
+        }
+        METRICS.bytes_sent.fetch_add(payload.len() as u64, Relaxed);
+        if !state.backlog.is_empty() {
+            if state.backlog_bytes + total > self.queued_bytes_max {
+                let waker = state.request_close(SLOW_CONSUMER);
+                drop(state);
+                wake(waker);
+                return Err(SendError::Overflow);
+            }
+            state.push(Bytes::copy_from_slice(&h[..hlen]), false);
+            state.push(payload, true);
+            return Ok(());
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let written = match Pin::new(&mut state.io)
+            .poll_write_vectored(&mut cx, &[IoSlice::new(&h[..hlen]), IoSlice::new(&payload)])
+        {
+            Poll::Ready(Ok(n)) if n == total => return Ok(()),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Pending => 0,
+            Poll::Ready(Err(_)) => {
+                state.broken = true;
+                let waker = state.session.take();
+                drop(state);
+                wake(waker);
+                return Err(SendError::Closed);
+            }
+        };
+        if written < hlen {
+            state.push(Bytes::copy_from_slice(&h[written..hlen]), false);
+            state.push(payload, true);
+        } else {
+            state.push(payload.slice(written - hlen..), true);
+        }
+        state.mid_frame = written > 0;
+        let waker = state.session.take();
+        drop(state);
+        wake(waker);
+        Ok(())
+    }
+
+    fn close(&self, reason: CloseReason) {
+        let waker = self.lock().request_close(reason);
+        wake(waker);
+    }
+}
+
+impl State {
+    fn push(&mut self, bytes: Bytes, frame_end: bool) {
+        self.backlog_bytes += bytes.len();
+        self.backlog.push_back(Chunk { bytes, frame_end });
+    }
+
+    /// Records a writer's close (the first one wins) and drops the backlog, except the rest
+    /// of a frame already partly on the wire.
+    fn request_close(&mut self, reason: CloseReason) -> Option<Waker> {
+        if self.close.is_none() {
+            self.close = Some(reason);
+            let keep = if self.mid_frame { self.backlog.iter().position(|c| c.frame_end).map_or(0, |i| i + 1) } else { 0 };
+            self.backlog.truncate(keep);
+            self.backlog_bytes = self.backlog.iter().map(|c| c.bytes.len()).sum();
+        }
+        self.session.take()
+    }
+
+    /// Writes what the socket takes of the backlog. `Ready(Ok)` once it is empty; `Pending`
+    /// with `cx` registered for writability otherwise.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.backlog.is_empty() {
+            let slices: Vec<IoSlice<'_>> =
+                self.backlog.iter().take(DRAIN_SLICES_MAX).map(|c| IoSlice::new(&c.bytes)).collect();
+            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.backlog_bytes -= n;
+        while n > 0 {
+            let front = self.backlog.front_mut().expect("wrote no more than the backlog");
+            if n < front.bytes.len() {
+                let _ = front.bytes.split_to(n);
+                self.mid_frame = true;
+                return;
+            }
+            n -= front.bytes.len();
+            self.mid_frame = !front.frame_end;
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Writes a whole frame (or frames) from the session side, in line after the backlog.
+    fn write_from_session(&mut self, buf: &[u8], cx: &mut Context<'_>) -> io::Result<Option<Waker>> {
+        if self.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let written = if self.backlog.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, buf) {
+                Poll::Ready(Ok(n)) if n == buf.len() => return Ok(None),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Pending => 0,
+                Poll::Ready(Err(e)) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            }
+        } else {
+            self.push(Bytes::copy_from_slice(buf), true);
+            return Ok(None);
+        };
+        self.push(Bytes::copy_from_slice(&buf[written..]), true);
+        self.mid_frame = written > 0;
+        Ok(self.session.take())
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
 impl OutboxSender {
-    /// Queues a frame. A frame larger than the whole limit is still accepted into an empty
-    /// queue, so one large initial sync can always be delivered.
-    pub fn send(&self, frame: Bytes) -> Result<(), SendError> {
-        push(&self.shared, frame)
+    /// Sends `payload` as one data frame. Errors say the connection is closing; the caller
+    /// forgets it (the session ends it).
+    pub fn send(&self, payload: Bytes) -> Result<(), SendError> {
+        self.shared.send(payload)
     }
 
     pub fn peer(&self) -> OutboxPeer {
         OutboxPeer { shared: self.shared.clone() }
     }
 
-    /// Asks the session to close the connection; queued frames are dropped.
+    /// Asks the session to close the connection; the backlog is dropped.
     pub fn close(&self, reason: CloseReason) {
-        close_shared(&self.shared, reason);
+        self.shared.close(reason);
     }
-}
-
-impl OutboxPeer {
-    pub fn send(&self, frame: Bytes) -> Result<(), SendError> {
-        push(&self.shared, frame)
-    }
-
-    pub fn close(&self, reason: CloseReason) {
-        close_shared(&self.shared, reason);
-    }
-
-    /// Whether two peers write to the same connection.
-    pub fn same(&self, other: &OutboxPeer) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
-    }
-}
-
-fn push(shared: &Shared, frame: Bytes) -> Result<(), SendError> {
-    {
-        let mut state = shared.state.lock().expect("outbox lock poisoned");
-        if state.close.is_some() {
-            return Err(SendError::Closed);
-        }
-        let queued = state.queued_bytes + frame.len();
-        if queued > shared.queued_bytes_max && !state.frames.is_empty() {
-            state.close = Some(SLOW_CONSUMER);
-            state.frames.clear();
-            state.queued_bytes = 0;
-            drop(state);
-            shared.notify.notify_one();
-            return Err(SendError::Overflow);
-        }
-        state.queued_bytes = queued;
-        state.frames.push_back(frame);
-    }
-    shared.notify.notify_one();
-    Ok(())
-}
-
-fn close_shared(shared: &Shared, reason: CloseReason) {
-    {
-        let mut state = shared.state.lock().expect("outbox lock poisoned");
-        if state.close.is_none() {
-            state.close = Some(reason);
-            state.frames.clear();
-            state.queued_bytes = 0;
-        }
-    }
-    shared.notify.notify_one();
 }
 
 impl Drop for OutboxSender {
@@ -146,81 +326,265 @@ impl Drop for OutboxSender {
     }
 }
 
+impl std::fmt::Debug for OutboxSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutboxSender")
+    }
+}
+
+impl OutboxPeer {
+    pub fn send(&self, payload: Bytes) -> Result<(), SendError> {
+        self.shared.send(payload)
+    }
+
+    pub fn close(&self, reason: CloseReason) {
+        self.shared.close(reason);
+    }
+
+    /// Whether two peers write to the same connection.
+    pub fn same(&self, other: &OutboxPeer) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl std::fmt::Debug for OutboxPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutboxPeer")
+    }
+}
+
 impl Outbox {
-    /// Waits for the next frame to write, or the close to perform. Cancel-safe.
+    /// Writes the backlog as the socket takes it, until a document asks to close or the
+    /// socket breaks. Cancel-safe.
     pub async fn next(&self) -> Next {
-        loop {
-            {
-                let mut state = self.shared.state.lock().expect("outbox lock poisoned");
-                if let Some(reason) = &state.close {
-                    return Next::Close(reason.clone());
-                }
-                if let Some(frame) = state.frames.pop_front() {
-                    state.queued_bytes -= frame.len();
-                    return Next::Frame(frame);
-                }
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
+        let mut state = self.shared.lock();
+        if let Some(reason) = &state.close {
+            return Poll::Ready(Next::Close(reason.clone()));
+        }
+        if state.broken {
+            return Poll::Ready(Next::Broken);
+        }
+        if let Poll::Ready(Err(_)) = state.poll_drain(cx) {
+            state.broken = true;
+            return Poll::Ready(Next::Broken);
+        }
+        if !state.session.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            state.session = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Sends a ping, in line after the backlog; never waits.
+    pub fn ping(&self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let waker = self.shared.lock().write_from_session(&PING, &mut cx).unwrap_or(None);
+        wake(waker);
+    }
+
+    /// The session is ending: documents' frames are refused from now on. What is queued
+    /// still goes out before the session's close frame.
+    pub fn close(&self) {
+        self.shared.lock().senders_closed = true;
+    }
+
+    /// Bytes waiting in the backlog.
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.shared.lock().backlog_bytes
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.shared.lock().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let result = self.shared.lock().write_from_session(buf, cx);
+        Poll::Ready(result.map(|waker| {
+            wake(waker);
+            buf.len()
+        }))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.shared.lock();
+        match state.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut state.io).poll_flush(cx),
+            Poll::Ready(Err(e)) => {
+                state.broken = true;
+                Poll::Ready(Err(e))
             }
-            // `notify_one` stores a permit when nobody waits, so a push between the unlock
-            // above and this await is not lost.
-            self.shared.notify.notified().await;
+            Poll::Pending => Poll::Pending,
         }
     }
 
-    /// Closes from the session side (the connection ended); later sends fail.
-    pub fn close(&self, reason: CloseReason) {
-        let mut state = self.shared.state.lock().expect("outbox lock poisoned");
-        state.close.get_or_insert(reason);
-        state.frames.clear();
-        state.queued_bytes = 0;
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.shared.lock();
+        match state.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut state.io).poll_shutdown(cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    fn frame(n: usize) -> Bytes {
-        Bytes::from(vec![0u8; n])
+    fn payload(n: usize, byte: u8) -> Bytes {
+        Bytes::from(vec![byte; n])
+    }
+
+    /// A link over an in-memory pipe whose buffer holds `pipe` bytes.
+    fn pipe_link(pipe: usize, max: usize) -> (Socket, Outbox, OutboxSender, DuplexStream) {
+        let (ours, theirs) = duplex(pipe);
+        let (socket, outbox, sender) = link(ours, max, Opcode::Binary);
+        (socket, outbox, sender, theirs)
+    }
+
+    /// Reads one unmasked frame: (first byte, payload).
+    async fn read_frame(peer: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let b0 = peer.read_u8().await.unwrap();
+        let len = match peer.read_u8().await.unwrap() {
+            126 => peer.read_u16().await.unwrap() as usize,
+            127 => peer.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut data = vec![0; len];
+        peer.read_exact(&mut data).await.unwrap();
+        (b0, data)
+    }
+
+    #[test]
+    fn headers_follow_rfc_6455() {
+        assert_eq!(header(Opcode::Binary, 5).0[..2], [0x82, 5]);
+        assert_eq!(header(Opcode::Text, 125).0[..2], [0x81, 125]);
+        assert_eq!(header(Opcode::Binary, 126).0[..4], [0x82, 126, 0, 126]);
+        assert_eq!(header(Opcode::Binary, 65_535).0[..4], [0x82, 126, 0xff, 0xff]);
+        let (h, n) = header(Opcode::Binary, 65_536);
+        assert_eq!((n, h[..10].to_vec()), (10, vec![0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]));
     }
 
     #[tokio::test]
-    async fn frames_come_out_in_order() {
-        let (tx, rx) = outbox(100);
-        tx.send(frame(1)).unwrap();
-        tx.send(frame(2)).unwrap();
-        assert_eq!(rx.next().await, Next::Frame(frame(1)));
-        assert_eq!(rx.next().await, Next::Frame(frame(2)));
+    async fn a_frame_goes_straight_to_the_socket() {
+        let (_socket, outbox, tx, mut peer) = pipe_link(1024, 100);
+        tx.send(payload(3, 7)).unwrap();
+        assert_eq!(outbox.queued(), 0, "nothing queued: the write went through");
+        assert_eq!(read_frame(&mut peer).await, (0x82, vec![7; 3]));
     }
 
     #[tokio::test]
-    async fn overflow_closes_with_1013_and_overtakes_queued_frames() {
-        let (tx, rx) = outbox(100);
-        tx.send(frame(60)).unwrap();
-        assert_eq!(tx.send(frame(60)), Err(SendError::Overflow));
-        assert_eq!(rx.next().await, Next::Close(SLOW_CONSUMER));
-        assert_eq!(tx.send(frame(1)), Err(SendError::Closed));
+    async fn what_the_socket_does_not_take_is_drained_in_order_by_the_session() {
+        let (_socket, outbox, tx, mut peer) = pipe_link(64, 100_000);
+        for i in 0..20u8 {
+            tx.send(payload(300, i)).unwrap();
+        }
+        assert!(outbox.queued() > 0);
+        let drain = tokio::spawn(async move {
+            let next = outbox.next().await;
+            (next, outbox)
+        });
+        for i in 0..20u8 {
+            assert_eq!(read_frame(&mut peer).await, (0x82, vec![i; 300]));
+        }
+        drop(tx);
+        let (next, _) = drain.await.unwrap();
+        assert!(matches!(next, Next::Close(r) if r.code == close::INTERNAL_ERROR));
     }
 
     #[tokio::test]
-    async fn popped_frames_free_their_bytes() {
-        let (tx, rx) = outbox(100);
-        for _ in 0..10 {
-            tx.send(frame(60)).unwrap();
-            assert_eq!(rx.next().await, Next::Frame(frame(60)));
+    async fn overflow_closes_with_1013_and_overtakes_the_backlog() {
+        let (_socket, outbox, tx, _peer) = pipe_link(16, 100);
+        tx.send(payload(60, 1)).unwrap();
+        tx.send(payload(30, 2)).unwrap();
+        assert_eq!(tx.send(payload(60, 3)), Err(SendError::Overflow));
+        assert_eq!(outbox.next().await, Next::Close(SLOW_CONSUMER));
+        assert_eq!(tx.send(payload(1, 4)), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_close_keeps_the_rest_of_a_frame_already_on_the_wire() {
+        let (mut socket, outbox, tx, mut peer) = pipe_link(16, 10_000);
+        tx.send(payload(40, 1)).unwrap();
+        tx.send(payload(40, 2)).unwrap();
+        tx.close(CloseReason::new(close::POLICY_VIOLATION, "x"));
+        let queued = outbox.queued();
+        assert!(queued > 0 && queued <= 40, "the first frame's rest, not the second frame: {queued}");
+        // The session writes its close frame (as tungstenite would) and flushes.
+        let flush = tokio::spawn(async move {
+            socket.write_all(&[0x88, 0x00]).await.unwrap();
+            socket.flush().await.unwrap();
+        });
+        assert_eq!(read_frame(&mut peer).await, (0x82, vec![1; 40]));
+        assert_eq!(read_frame(&mut peer).await, (0x88, vec![]));
+        flush.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_oversized_frame_fits_an_empty_backlog() {
+        let (_socket, outbox, tx, mut peer) = pipe_link(64, 100);
+        tx.send(payload(500, 9)).unwrap();
+        let reader = tokio::spawn(async move { read_frame(&mut peer).await });
+        tokio::select! {
+            next = outbox.next() => panic!("unexpected {next:?}"),
+            frame = reader => assert_eq!(frame.unwrap(), (0x82, vec![9; 500])),
         }
     }
 
     #[tokio::test]
-    async fn one_oversized_frame_fits_an_empty_queue() {
-        let (tx, rx) = outbox(100);
-        tx.send(frame(500)).unwrap();
-        assert_eq!(rx.next().await, Next::Frame(frame(500)));
+    async fn session_writes_and_pings_keep_their_place_in_line() {
+        let (mut socket, outbox, tx, mut peer) = pipe_link(16, 10_000);
+        tx.send(payload(30, 1)).unwrap();
+        // The peer reads what fit: the socket has room again, but the backlog is not empty,
+        // so what follows must still queue behind it.
+        let mut wire = vec![0; 16];
+        peer.read_exact(&mut wire).await.unwrap();
+        outbox.ping();
+        socket.write_all(&[0x8a, 0x00]).await.unwrap(); // a pong, as tungstenite writes it
+        tx.send(payload(2, 2)).unwrap();
+        let flush = tokio::spawn(async move { socket.flush().await.unwrap() });
+        let mut rest = vec![0; 2 + 30 + 2 + 2 + 2 + 2 - 16];
+        peer.read_exact(&mut rest).await.unwrap();
+        wire.extend(rest);
+        let mut want = vec![0x82, 30];
+        want.extend([1; 30]);
+        want.extend([0x89, 0x00, 0x8a, 0x00, 0x82, 2, 2, 2]);
+        assert_eq!(wire, want);
+        flush.await.unwrap();
     }
 
     #[tokio::test]
     async fn dropping_the_sender_closes_with_1011() {
-        let (tx, rx) = outbox(100);
+        let (_socket, outbox, tx, _peer) = pipe_link(64, 100);
         drop(tx);
-        assert!(matches!(rx.next().await, Next::Close(r) if r.code == close::INTERNAL_ERROR));
+        assert!(matches!(outbox.next().await, Next::Close(r) if r.code == close::INTERNAL_ERROR));
+    }
+
+    #[tokio::test]
+    async fn a_gone_peer_breaks_the_link_and_refuses_frames() {
+        let (_socket, outbox, tx, peer) = pipe_link(64, 100);
+        drop(peer);
+        assert_eq!(tx.send(payload(3, 1)), Err(SendError::Closed));
+        assert_eq!(outbox.next().await, Next::Broken);
+    }
+
+    #[tokio::test]
+    async fn after_the_session_closes_documents_are_refused_but_the_backlog_still_goes_out() {
+        let (mut socket, outbox, tx, mut peer) = pipe_link(16, 10_000);
+        tx.send(payload(30, 1)).unwrap();
+        outbox.close();
+        assert_eq!(tx.send(payload(1, 2)), Err(SendError::Closed));
+        let flush = tokio::spawn(async move { socket.flush().await.unwrap() });
+        assert_eq!(read_frame(&mut peer).await, (0x82, vec![1; 30]));
+        flush.await.unwrap();
     }
 }

@@ -27,7 +27,7 @@ use crate::docname::DocName;
 use crate::document::DocMsg;
 use crate::limits::{ConnPermit, Limiter};
 use crate::metrics::METRICS;
-use crate::outbox::{outbox, Next};
+use crate::outbox::{Next, Outbox, OutboxSender, Socket};
 use crate::presence::ConnId;
 use crate::protocol::{self, close, CloseReason, Inbound};
 use crate::registry::Registry;
@@ -137,13 +137,13 @@ pub struct SessionParams {
     pub permit: ConnPermit,
     pub limiter: Arc<Limiter>,
     pub settings: SessionSettings,
+    /// The connection's socket as the document writes to it (`outbox::link`).
+    pub outbox: Outbox,
+    pub sender: OutboxSender,
 }
 
-pub async fn run<S>(mut ws: WebSocketStream<S>, registry: Arc<Registry>, params: SessionParams)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let SessionParams { conn, doc, user, access, expires_in, permit, limiter, settings } = params;
+pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, params: SessionParams) {
+    let SessionParams { conn, doc, user, access, expires_in, permit, limiter, settings, outbox, sender } = params;
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -160,20 +160,16 @@ where
     };
     tracing::debug!(conn, doc = %doc, user = %user, ?access, "connection opened");
     registry.events.emit("user_joined", serde_json::json!({ "user": &*user, "doc": doc.as_str(), "conn": conn }));
-    let (sender, outbox) = outbox(settings.outbound_queue_bytes_max);
     let join = DocMsg::Join { conn, outbox: sender, origin: user.clone() };
     let mut refusal = attachment.handle.send(join).await.err().map(|_| gone());
 
     while refusal.is_none() {
         tokio::select! {
+            // Documents write relayed frames to the socket themselves; this drains what the
+            // socket did not take at once, and hears their close requests.
             next = outbox.next() => match next {
-                Next::Frame(frame) => {
-                    METRICS.bytes_sent.fetch_add(frame.len() as u64, Relaxed);
-                    if ws.send(Message::Binary(frame)).await.is_err() {
-                        break;
-                    }
-                }
                 Next::Close(reason) => refusal = Some(reason),
+                Next::Broken => break,
             },
             _ = &mut expiry, if expires_in.is_some() => {
                 tracing::info!(conn, doc = %doc, user = %user, "closing: token expired (4401)");
@@ -183,8 +179,8 @@ where
                 if last_heard.elapsed() >= settings.idle_timeout {
                     tracing::info!(conn, doc = %doc, user = %user, "closing: no message or pong (4408)");
                     refusal = Some(CloseReason::new(close::IDLE_TIMEOUT, "idle timeout"));
-                } else if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
+                } else {
+                    outbox.ping();
                 }
             }
             msg = ws.next() => {
@@ -245,7 +241,7 @@ where
     }
     // Whatever ends the session, the actor stops queueing for it; dropping the attachment
     // tells the actor the connection left (its awareness states are removed).
-    outbox.close(CloseReason::new(close::GOING_AWAY, "connection ended"));
+    outbox.close();
     drop(attachment);
     if let Some(reason) = refusal {
         if reason.code != close::GOING_AWAY {
@@ -275,9 +271,11 @@ fn awareness_allowed(update: &AwarenessUpdate, announced: &mut HashSet<u64>, set
 }
 
 /// Sends a close frame and waits (bounded) for the peer's, so the code reaches the client.
-/// After a refused oversized message the WebSocket stream is mid-frame and unusable; the
-/// rest is then read raw and discarded, because closing a socket with unread input sends
-/// a TCP reset that can destroy our close frame before the client reads it.
+/// Whatever the backlog still holds goes out first; a peer that reads nothing gets the
+/// timeout, not a wait forever. After a refused oversized message the WebSocket stream is
+/// mid-frame and unusable; the rest is then read raw and discarded, because closing a socket
+/// with unread input sends a TCP reset that can destroy our close frame before the client
+/// reads it.
 pub(crate) async fn close_with<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -285,10 +283,10 @@ where
     // tungstenite gives up on a stream after a capacity error and reports it ended.
     let broken = reason.code == close::MESSAGE_TOO_BIG;
     let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
-    if ws.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
-    let drain = async {
+    let exchange = async {
+        if ws.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
         if !broken {
             loop {
                 match ws.next().await {
@@ -307,5 +305,5 @@ where
             }
         }
     };
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, exchange).await;
 }

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::CapacityError;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{Access, Identity};
@@ -28,7 +27,7 @@ use crate::metrics::METRICS;
 use crate::ot::delta::{Delta, DeltaLimits};
 use crate::ot::error::OtError;
 use crate::ot::sharedb::{self, OpBody, Request};
-use crate::outbox::{outbox, Next, OutboxPeer};
+use crate::outbox::{Next, Outbox, OutboxPeer, OutboxSender, Socket};
 use crate::presence::ConnId;
 use crate::protocol::{close, CloseReason};
 use crate::registry::{Attachment, Registry};
@@ -53,6 +52,9 @@ pub struct OtSessionParams {
     pub permit: ConnPermit,
     pub limiter: Arc<Limiter>,
     pub settings: OtSessionSettings,
+    /// The connection's socket as documents write to it (`outbox::link`, text frames).
+    pub outbox: Outbox,
+    pub sender: OutboxSender,
 }
 
 struct Session {
@@ -66,12 +68,8 @@ struct Session {
     settings: OtSessionSettings,
 }
 
-pub async fn run<S>(mut ws: WebSocketStream<S>, registry: Arc<Registry>, params: OtSessionParams)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let OtSessionParams { conn, sessions, identity, expires_in, permit, limiter, settings } = params;
-    let (sender, outbox) = outbox(settings.outbound_queue_bytes_max);
+pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, params: OtSessionParams) {
+    let OtSessionParams { conn, sessions, identity, expires_in, permit, limiter, settings, outbox, sender } = params;
     let mut session = Session {
         conn,
         src: client_id(conn).into(),
@@ -91,18 +89,11 @@ where
     let mut refusal: Option<CloseReason> = None;
     while refusal.is_none() {
         tokio::select! {
-            // Queued replies go out before a shutdown closes the connection.
-            biased;
+            // Documents write replies and ops to the socket themselves; this drains what the
+            // socket did not take at once (it still goes out before a shutdown's close frame).
             next = outbox.next() => match next {
-                Next::Frame(frame) => match { METRICS.bytes_sent.fetch_add(frame.len() as u64, Relaxed); Utf8Bytes::try_from(frame) } {
-                    Ok(text) => {
-                        if ws.send(Message::Text(text)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => tracing::error!(conn, "dropping a non-UTF-8 OT frame"),
-                },
                 Next::Close(reason) => refusal = Some(reason),
+                Next::Broken => break,
             },
             _ = sessions.closing() => {
                 refusal = Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
@@ -115,8 +106,8 @@ where
                 if last_heard.elapsed() >= session.settings.idle_timeout {
                     tracing::info!(conn, user = %user, "closing ot connection: no message or pong (4408)");
                     refusal = Some(CloseReason::new(close::IDLE_TIMEOUT, "idle timeout"));
-                } else if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
+                } else {
+                    outbox.ping();
                 }
             }
             msg = ws.next() => {
@@ -151,7 +142,7 @@ where
             }
         }
     }
-    outbox.close(CloseReason::new(close::GOING_AWAY, "connection ended"));
+    outbox.close();
     drop(session);
     if let Some(reason) = refusal {
         if reason.code != close::GOING_AWAY {

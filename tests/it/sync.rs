@@ -151,3 +151,28 @@ async fn many_small_updates_keep_their_order_and_content() {
     assert_eq!(updates.len(), 500);
     assert!(updates.windows(2).all(|w| w[1].0 == w[0].0 + 1), "seq strictly increasing by one");
 }
+
+/// Documents write relayed frames straight to the socket and queue what the kernel does not
+/// take; the session drains that backlog, and its own frames (here a pong) queue behind it.
+/// A reader that stalls past the kernel's buffers and then reads gets every frame whole and
+/// in order.
+#[tokio::test]
+async fn a_reader_that_stalls_then_reads_gets_every_frame_whole_and_in_order() {
+    use futures::SinkExt;
+    let server = TestServer::start_with(&["--outbound-queue-bytes-max", "67108864"]);
+    let mut writer = Client::synced(&server.url("stall")).await;
+    let mut stalled = Client::synced(&server.url("stall")).await;
+    // ~24 MB: more than the kernel's socket buffers on loopback, so most of it waits in the
+    // server's backlog while `stalled` reads nothing.
+    for i in 0..400u32 {
+        let chunk = format!("{:05}{}", i, "y".repeat(59_995));
+        writer.edit(|t, txn| t.insert(txn, 0, &chunk)).await;
+        writer.wait_echo().await;
+    }
+    // The server answers this ping while the backlog is full: the pong must queue behind it.
+    stalled.ws.send(tokio_tungstenite::tungstenite::Message::Ping("mid-backlog".into())).await.unwrap();
+    let want = writer.text();
+    stalled.pump_until(|c| c.text().len() == want.len(), "the whole backlog").await;
+    assert!(stalled.text() == want, "the stalled reader converged to the writer's text");
+    assert!(stalled.closed.is_none());
+}
