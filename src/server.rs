@@ -33,6 +33,7 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    no_delay_for_accepted(&listener)?;
     let auth = load_auth(&config)?;
     if auth.is_anonymous() {
         if !addr.ip().is_loopback() && !config.allow_anonymous {
@@ -94,6 +95,15 @@ pub async fn run_on(
     Ok(())
 }
 
+/// Sets `TCP_NODELAY` on the listener; Linux copies it to every accepted socket (warp's
+/// accept loop offers no hook to set it per connection). Without it, a relayed frame sent
+/// while the previous one is unacknowledged waits for the ACK, which a client that only
+/// reads may delay by up to 40 ms (Nagle meeting delayed ACKs). y-websocket's `ws` server
+/// sets it too.
+fn no_delay_for_accepted(listener: &TcpListener) -> std::io::Result<()> {
+    socket2::SockRef::from(listener).set_tcp_nodelay(true)
+}
+
 fn load_auth(config: &Config) -> anyhow::Result<Auth> {
     let pem = match &config.jwt_public_key {
         Some(path) => {
@@ -130,5 +140,24 @@ pub async fn signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn accepted_nodelay(listener: &TcpListener) -> bool {
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        accepted.unwrap().0.nodelay().unwrap()
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(!accepted_nodelay(&listener).await, "off by default");
+        no_delay_for_accepted(&listener).unwrap();
+        assert!(accepted_nodelay(&listener).await, "inherited from the listener");
     }
 }
