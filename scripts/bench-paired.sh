@@ -23,7 +23,7 @@ fi
 
 loadgen=target/release/yserve-loadgen
 args=(--conns 1000 --rooms 100 --rate 500 --secs "$secs")
-summary() { grep -E "^latency: (p50|server CPU)" | sed "s/^latency: /$1: /"; }
+summary() { grep -E "^latency: (p50|server CPU)" | sed "s|^latency: |$1: |"; }
 
 for round in $(seq "$rounds"); do
   echo "== round $round"

@@ -5,9 +5,13 @@
 //! connection's `OutboxSender` and never waits on a connection. The store is reached through
 //! `Store`. The registry created it and is told when it unloads.
 //!
-//! **Persist before relay.** An update is applied to the in-memory doc, the delta of that
-//! transaction is queued to the store, and the relay frame is parked behind the commit's
-//! ticket. Commit acknowledgements arrive in order; each releases the frames parked behind it.
+//! **Persist before relay.** An update is applied to the in-memory doc and the delta of that
+//! transaction is queued to the store under the next commit ticket. The relay frame goes with
+//! it when nothing is parked: the store thread writes it to the connections right after the
+//! commit (no wakeup of the actor). Otherwise it is parked behind the ticket like every other
+//! frame. Tickets are acknowledged in order in the shared `Commits`; the actor is woken only
+//! for the ticket something is parked behind (or when it waits to unload, or on a failure),
+//! and each acknowledgement releases the frames parked behind it.
 //! Anything else that reveals document state (SyncStep1's state vector, SyncStep2's diff) is
 //! computed at once but parked behind every commit issued so far, so no connection ever sees
 //! an update that is not committed. If a commit fails, nothing parked is sent: every
@@ -19,8 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::{mpsc, Notify};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
@@ -31,7 +34,7 @@ use crate::outbox::{OutboxSender, SendError};
 use crate::presence::{ConnId, Presence};
 use crate::protocol::{self, close, Checked, CloseReason, Inbound};
 use crate::registry::Registry;
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Commits, Record, Relay, Store, StoreError};
 use std::sync::atomic::Ordering::Relaxed;
 
 mod events;
@@ -132,7 +135,6 @@ enum Parked {
     Call(Box<dyn FnOnce() + Send>),
 }
 
-type CommitAck = futures::future::BoxFuture<'static, (u64, Result<(), StoreError>)>;
 
 /// Why the actor loop ended.
 enum Exit {
@@ -157,10 +159,11 @@ pub(crate) struct DocActor {
     last_seq: u64,
     since_snapshot_updates: u64,
     since_snapshot_bytes: u64,
-    /// Commit tickets: `issued` counts appends sent to the store, `committed` the acked ones.
+    /// Commit tickets: `issued` counts appends sent to the store, `committed` the acked ones
+    /// as this actor last looked (`commits` has the store's current figure).
     issued: u64,
     committed: u64,
-    inflight: FuturesOrdered<CommitAck>,
+    commits: Arc<Commits>,
     parked: VecDeque<(u64, Parked)>,
     shutting_down: bool,
     /// Set once the document was deleted: the actor stops.
@@ -201,7 +204,7 @@ impl DocActor {
             since_snapshot_bytes: 0,
             issued: 0,
             committed: 0,
-            inflight: FuturesOrdered::new(),
+            commits: Arc::new(Commits::default()),
             parked: VecDeque::new(),
             shutting_down: false,
             deleted: false,
@@ -255,11 +258,18 @@ impl DocActor {
         let mut expiry = tokio::time::interval(self.settings.awareness_timeout / 10);
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shared = self.shared.clone();
+        let commits = self.commits.clone();
         loop {
+            // While commits are outstanding, a failure must wake the actor; a success only
+            // when something waits on it (relays of committed updates need no wakeup: the
+            // store thread writes them itself).
+            let outstanding = self.refresh_committed() < self.issued;
+            let target = self.wake_target();
             tokio::select! {
-                Some((ticket, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.on_commit_result(ticket, result);
-                }
+                result = commits.reached(target), if outstanding => match result {
+                    Ok(committed) => self.on_committed(committed),
+                    Err(e) => self.on_commit_result(Err(e)),
+                },
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => return Exit::Failed("mailbox closed"),
@@ -290,7 +300,7 @@ impl DocActor {
                 }
                 return Exit::Done;
             }
-            if self.inflight.is_empty() {
+            if self.refresh_committed() == self.issued {
                 // The next load starts from a snapshot with no tail to replay (a cold load of
                 // the 260k-keystroke trace: ~19 ms instead of ~25 ms with a 778-update tail).
                 if (self.shutting_down || self.idle()) && self.since_snapshot_updates >= SNAPSHOT_ON_UNLOAD_UPDATES_MIN
@@ -553,12 +563,21 @@ impl DocActor {
             deltas.extend(self.observe_new_roots());
         }
         let (ot_records, ot_frames) = self.ot_from_yjs(seq, &origin, &deltas);
-        if !self.issue(Some((seq, delta)), origin.clone(), claims, ot_records).await {
+        // With nothing parked, the store thread writes the relay right after the commit; else
+        // it is parked, so that it leaves after what was parked before it.
+        let delegated = self.parked.is_empty().then(|| Relay {
+            frame: relay.clone(),
+            to: self.conns.iter().map(|(id, c)| (*id, c.outbox.peer())).collect(),
+        });
+        let relayed_by_store = delegated.is_some();
+        if !self.issue_relayed(Some((seq, delta)), origin.clone(), claims, ot_records, delegated).await {
             return false;
         }
         METRICS.updates_received.fetch_add(1, Relaxed);
         METRICS.updates_relayed.fetch_add(self.conns.len() as u64, Relaxed);
-        self.park(Parked::Broadcast(relay));
+        if !relayed_by_store {
+            self.park(Parked::Broadcast(relay));
+        }
         if !ot_frames.is_empty() {
             self.park(Parked::Peers(ot_frames));
         }
@@ -579,24 +598,55 @@ impl DocActor {
         claims: Vec<u64>,
         ot: Vec<Record>,
     ) -> bool {
-        let ack = match self.store.append_with(self.name.as_arc().clone(), update, origin, claims, ot).await {
-            Ok(ack) => ack,
-            Err(e) => {
-                tracing::error!(doc = %self.name, error = %e, "store unavailable");
-                self.inflight.push_back(futures::future::ready((u64::MAX, Err(e))).boxed());
-                return false;
-            }
-        };
-        self.issued += 1;
-        let ticket = self.issued;
-        self.inflight.push_back(
-            async move {
-                let result = ack.await.unwrap_or(Err(StoreError::Closed));
-                (ticket, result)
-            }
-            .boxed(),
-        );
+        self.issue_relayed(update, origin, claims, ot, None).await
+    }
+
+    /// `issue`, with a frame the store thread writes to connections once it is committed.
+    async fn issue_relayed(
+        &mut self,
+        update: Option<(u64, Vec<u8>)>,
+        origin: Arc<str>,
+        claims: Vec<u64>,
+        ot: Vec<Record>,
+        relay: Option<Relay>,
+    ) -> bool {
+        let ticket = self.issued + 1;
+        let name = self.name.as_arc().clone();
+        let commits = self.commits.clone();
+        if let Err(e) = self.store.append_ticketed(name, update, origin, claims, ot, commits, ticket, relay).await {
+            tracing::error!(doc = %self.name, error = %e, "store unavailable");
+            // The main loop sees the failure and ends the document.
+            self.issued = ticket;
+            self.commits.fail(e);
+            return false;
+        }
+        self.issued = ticket;
         true
+    }
+
+    /// Catches up with the store's acknowledgements (delivering what they release); returns
+    /// the committed ticket. A failure is left to the main loop.
+    fn refresh_committed(&mut self) -> u64 {
+        if self.committed < self.issued {
+            if let Ok(committed) = self.commits.committed() {
+                if committed > self.committed {
+                    self.on_committed(committed.min(self.issued));
+                }
+            }
+        }
+        self.committed
+    }
+
+    /// The ticket whose commit the actor must hear of: the first one something is parked
+    /// behind, or the last one when the document waits to unload or shut down.
+    fn wake_target(&self) -> u64 {
+        if let Some((ticket, _)) = self.parked.front() {
+            *ticket
+        } else if self.conns.is_empty() || self.shutting_down {
+            self.issued
+        } else {
+            u64::MAX
+        }
     }
 
     async fn snapshot_if_due(&mut self) {
@@ -693,7 +743,7 @@ impl DocActor {
 
     /// Sends a frame once everything issued so far is committed (at once if nothing is).
     fn park(&mut self, frame: Parked) {
-        if self.committed == self.issued {
+        if self.refresh_committed() == self.issued {
             self.deliver(frame);
         } else {
             self.parked.push_back((self.issued, frame));
@@ -702,15 +752,15 @@ impl DocActor {
 
     /// The one place a commit's outcome is handled. A failure closes every connection (1011,
     /// nothing parked is sent) and marks the actor failed; the main loop then stops it.
-    fn on_commit_result(&mut self, ticket: u64, result: Result<(), StoreError>) {
+    fn on_commit_result(&mut self, result: Result<u64, StoreError>) {
         match result {
-            Ok(()) => self.on_committed(ticket),
+            Ok(ticket) => self.on_committed(ticket),
             Err(e) => {
                 tracing::error!(doc = %self.name, error = %e, "commit failed");
                 self.close_all(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
                 self.close_ot_peers(CloseReason::new(close::INTERNAL_ERROR, "commit failed"));
                 self.parked.clear();
-                self.inflight = FuturesOrdered::new();
+                self.committed = self.issued;
                 self.commit_failed = true;
             }
         }

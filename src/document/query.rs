@@ -167,9 +167,9 @@ impl DocActor {
     /// Waits for every queued commit, delivering what they release; `false` if one failed
     /// (handled as in the main loop: connections closed, the actor stops).
     pub(super) async fn drain_commits(&mut self) -> bool {
-        use futures::StreamExt;
-        while let Some((ticket, result)) = self.inflight.next().await {
-            self.on_commit_result(ticket, result);
+        while self.refresh_committed() < self.issued {
+            let result = self.commits.clone().reached(self.issued).await;
+            self.on_commit_result(result);
             if self.commit_failed {
                 return false;
             }

@@ -4,7 +4,9 @@
 //! `oneshot`s. The thread drains whatever is queued (up to `store_batch_max` commands) and
 //! runs it as **one transaction**, then answers every command of the batch: an append is
 //! acknowledged only once its transaction is committed, and many appends share one commit
-//! (group commit), so durability costs one fsync per batch, not per update. If the commit
+//! (group commit), so durability costs one fsync per batch, not per update. An append may
+//! carry its relay frame: the thread writes it to the document's connections after the
+//! commit and before the acknowledgement. If the commit
 //! fails, every command of the batch gets the error and nothing of it is visible.
 
 pub mod offline;
@@ -101,7 +103,108 @@ pub struct Append {
     /// Client ids first written by `origin` in this update.
     pub claims: Vec<u64>,
     pub ot: Vec<Record>,
-    reply: Reply<()>,
+    reply: Ack,
+    relay: Option<Relay>,
+}
+
+/// How an append is acknowledged once its transaction committed (or failed).
+#[derive(Debug)]
+enum Ack {
+    Oneshot(Reply<()>),
+    /// A document's commit ticket, recorded in its `Commits`.
+    Ticket(Arc<Commits>, u64),
+}
+
+/// A frame the store thread writes to connections right after the append commits, before
+/// acknowledging it: a document relaying a committed update needs no wakeup of its own.
+pub struct Relay {
+    pub frame: bytes::Bytes,
+    pub to: Vec<(crate::presence::ConnId, crate::outbox::OutboxPeer)>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Relay({} bytes to {})", self.frame.len(), self.to.len())
+    }
+}
+
+/// One document's commit acknowledgements, shared with the store thread: tickets are
+/// acknowledged in order, and the document is woken only when it asked for a ticket (it has
+/// something parked behind it, or waits to unload) or on a failure.
+#[derive(Debug, Default)]
+pub struct Commits {
+    state: std::sync::Mutex<CommitsState>,
+}
+
+#[derive(Debug)]
+struct CommitsState {
+    committed: u64,
+    failed: Option<StoreError>,
+    wake_at: u64,
+    waker: Option<std::task::Waker>,
+}
+
+impl Default for CommitsState {
+    fn default() -> Self {
+        CommitsState { committed: 0, failed: None, wake_at: u64::MAX, waker: None }
+    }
+}
+
+impl Commits {
+    fn ack(&self, ticket: u64, result: &Result<(), StoreError>) {
+        let waker = {
+            let mut state = self.state.lock().expect("commits lock poisoned");
+            match result {
+                Ok(()) => state.committed = state.committed.max(ticket),
+                Err(e) => {
+                    state.failed.get_or_insert_with(|| e.clone());
+                }
+            }
+            if state.failed.is_some() || state.committed >= state.wake_at {
+                state.wake_at = u64::MAX;
+                state.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The highest acknowledged ticket, or the failure.
+    pub fn committed(&self) -> Result<u64, StoreError> {
+        let state = self.state.lock().expect("commits lock poisoned");
+        match &state.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(state.committed),
+        }
+    }
+
+    /// Resolves once `ticket` is acknowledged (with the highest acknowledged ticket) or a
+    /// commit failed. Cancel-safe.
+    pub async fn reached(&self, ticket: u64) -> Result<u64, StoreError> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.lock().expect("commits lock poisoned");
+            if let Some(e) = &state.failed {
+                return std::task::Poll::Ready(Err(e.clone()));
+            }
+            if state.committed >= ticket {
+                return std::task::Poll::Ready(Ok(state.committed));
+            }
+            state.wake_at = ticket;
+            if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                state.waker = Some(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// Records a failure that did not come from a commit (the store is gone).
+    pub fn fail(&self, e: StoreError) {
+        self.ack(u64::MAX, &Err(e));
+    }
 }
 
 /// A read run inside the store's transaction; it returns what to do once the batch's
@@ -176,22 +279,31 @@ impl Store {
         data: Vec<u8>,
         origin: Arc<str>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
-        self.append_with(name, Some((seq, data)), origin, Vec::new(), Vec::new()).await
+        let (reply, rx) = oneshot::channel();
+        let (update, reply) = (Some((seq, data)), Ack::Oneshot(reply));
+        let append = Append { name, update, origin, claims: Vec::new(), ot: Vec::new(), reply, relay: None };
+        self.send(Command::Append(append)).await?;
+        Ok(rx)
     }
 
-    /// `append`, also binding `claims` (client ids) to `origin` and writing OT state, all in
-    /// the same transaction; `update` may be `None` when only OT state changes.
-    pub async fn append_with(
+    /// A document's append: an update and/or OT state, with `claims` (client ids first
+    /// written by `origin`), all in one transaction; `update` is `None` when only OT state
+    /// changes. It is acknowledged as `ticket` in `commits`, and `relay` (if any) is written
+    /// to the document's connections as soon as it is committed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_ticketed(
         &self,
         name: Arc<str>,
         update: Option<(u64, Vec<u8>)>,
         origin: Arc<str>,
         claims: Vec<u64>,
         ot: Vec<Record>,
-    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Append(Append { name, update, origin, claims, ot, reply })).await?;
-        Ok(rx)
+        commits: Arc<Commits>,
+        ticket: u64,
+        relay: Option<Relay>,
+    ) -> Result<(), StoreError> {
+        let reply = Ack::Ticket(commits, ticket);
+        self.send(Command::Append(Append { name, update, origin, claims, ot, reply, relay })).await
     }
 
     /// Runs `query` on the store thread, inside the next batch, and answers once that batch
@@ -285,7 +397,7 @@ enum Pending {
     Load(Reply<Loaded>, Result<Loaded, StoreError>),
     Read(Box<dyn FnOnce(&Result<(), StoreError>) + Send>),
     Delete(Reply<bool>, Result<bool, StoreError>),
-    Append(Reply<()>),
+    Append(Ack, Option<Relay>, Arc<str>),
     Close(oneshot::Sender<()>),
 }
 
@@ -328,8 +440,18 @@ impl Worker {
                         Err(e) => Err(e.clone()),
                     });
                 }
-                Pending::Append(reply) => {
-                    let _ = reply.send(result.clone());
+                Pending::Append(ack, relay, name) => {
+                    // Committed: the relay goes out before the ack, so whatever its document
+                    // parked behind this ticket follows it on the wire.
+                    if let (Ok(()), Some(relay)) = (&result, relay) {
+                        relay_committed(&name, relay);
+                    }
+                    match ack {
+                        Ack::Oneshot(reply) => {
+                            let _ = reply.send(result.clone());
+                        }
+                        Ack::Ticket(commits, ticket) => commits.ack(ticket, &result),
+                    }
                 }
                 Pending::Read(answer) => answer(&result),
                 Pending::Delete(reply, r) => {
@@ -357,7 +479,7 @@ impl Worker {
             for cmd in batch {
                 pending.push(match cmd {
                     Command::Load { reply, .. } => Pending::Load(reply, Err(StoreError::Closed)),
-                    Command::Append(a) => Pending::Append(a.reply),
+                    Command::Append(a) => Pending::Append(a.reply, None, a.name),
                     Command::Snapshot { .. } => continue,
                     Command::Close { reply } => Pending::Close(reply),
                     Command::Read(job) => Pending::Read(job(conn)),
@@ -379,7 +501,8 @@ impl Worker {
                             first_error = Some(e);
                         }
                     }
-                    pending.push(Pending::Append(a.reply));
+                    let Append { reply, relay, name, .. } = a;
+                    pending.push(Pending::Append(reply, relay, name));
                 }
                 Command::Snapshot { name, seq, data } => {
                     if first_error.is_none() {
@@ -410,6 +533,16 @@ impl Worker {
             }
         }
         result
+    }
+}
+
+/// Writes a committed update's frame to the connections of its document (never blocking: see
+/// `outbox`). A connection too slow to take it is closed with 1013 by its outbox.
+fn relay_committed(doc: &str, relay: Relay) {
+    for (conn, peer) in relay.to {
+        if peer.send(relay.frame.clone()) == Err(crate::outbox::SendError::Overflow) {
+            tracing::warn!(conn, doc, "refused: slow consumer, outbound queue full (1013)");
+        }
     }
 }
 
@@ -626,5 +759,79 @@ mod tests {
         assert_eq!(loaded.tail, vec![(1, vec![1])]);
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A relay frame's bytes as they reach the client: one unmasked binary frame.
+    async fn read_relayed(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 2];
+        peer.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x82);
+        let mut data = vec![0; head[1] as usize];
+        peer.read_exact(&mut data).await.unwrap();
+        data
+    }
+
+    fn relay_to_pipe(frame: &[u8]) -> (Relay, tokio::io::DuplexStream, crate::outbox::Outbox, crate::outbox::OutboxSender) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (_socket, outbox, sender) = crate::outbox::link(ours, 1024, crate::outbox::Opcode::Binary);
+        let relay = Relay { frame: bytes::Bytes::copy_from_slice(frame), to: vec![(7, sender.peer())] };
+        (relay, theirs, outbox, sender)
+    }
+
+    #[tokio::test]
+    async fn a_ticket_is_reached_once_acknowledged_and_its_relay_is_written_first() {
+        let dir = tempdir();
+        let store = Store::open(&config(&dir)).unwrap();
+        let (name, origin): (Arc<str>, Arc<str>) = ("r".into(), "test".into());
+        let commits = Arc::new(Commits::default());
+        let (relay, mut peer, _outbox, _sender) = relay_to_pipe(b"relayed");
+        let update = Some((1, vec![1]));
+        store.append_ticketed(name.clone(), update, origin.clone(), vec![], vec![], commits.clone(), 1, Some(relay)).await.unwrap();
+        assert_eq!(commits.reached(1).await.unwrap(), 1);
+        // Acknowledged only after the relay went out: the frame is already in the pipe.
+        let mut byte = [0u8; 1];
+        assert_eq!(tokio::io::AsyncReadExt::read(&mut peer, &mut byte).await.unwrap(), 1);
+        store.append_ticketed(name.clone(), None, origin, vec![], vec![], commits.clone(), 2, None).await.unwrap();
+        assert_eq!(commits.reached(2).await.unwrap(), 2);
+        assert_eq!(commits.committed().unwrap(), 2);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_writes_no_relay_and_fails_every_waiter() {
+        let dir = tempdir();
+        let store = Store::open(&config(&dir)).unwrap();
+        let (name, origin): (Arc<str>, Arc<str>) = ("f".into(), "test".into());
+        store.append(name.clone(), 1, vec![1], origin.clone()).await.unwrap().await.unwrap().unwrap();
+        let commits = Arc::new(Commits::default());
+        let (relay, mut peer, _outbox, sender) = relay_to_pipe(b"never");
+        // Seq 1 again violates the primary key: the commit fails.
+        let dup = Some((1, vec![9]));
+        store.append_ticketed(name.clone(), dup, origin.clone(), vec![], vec![], commits.clone(), 1, Some(relay)).await.unwrap();
+        assert!(commits.reached(u64::MAX).await.is_err(), "a failure wakes a waiter for any ticket");
+        assert!(commits.committed().is_err());
+        // The pipe holds nothing but what is sent after the failure.
+        sender.peer().send(bytes::Bytes::from_static(b"after")).unwrap();
+        assert_eq!(read_relayed(&mut peer).await, b"after");
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_not_woken_by_an_earlier_ticket() {
+        let commits = Arc::new(Commits::default());
+        commits.ack(1, &Ok(()));
+        let waiter = tokio::spawn({
+            let commits = commits.clone();
+            async move { commits.reached(3).await }
+        });
+        tokio::task::yield_now().await;
+        commits.ack(2, &Ok(()));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "ticket 2 does not reach 3");
+        commits.ack(3, &Ok(()));
+        assert_eq!(waiter.await.unwrap().unwrap(), 3);
     }
 }
