@@ -37,6 +37,11 @@ use std::sync::atomic::Ordering::Relaxed;
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long our close frame may wait behind what the peer has not read yet. A slow consumer
+/// closed with 1013 still has the kernel's socket buffers to read before it reaches the code;
+/// a peer that reads nothing at all is dropped after this.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Counts live sessions so that shutdown can wait for every close frame to be written.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -271,11 +276,11 @@ fn awareness_allowed(update: &AwarenessUpdate, announced: &mut HashSet<u64>, set
 }
 
 /// Sends a close frame and waits (bounded) for the peer's, so the code reaches the client.
-/// Whatever the backlog still holds goes out first; a peer that reads nothing gets the
-/// timeout, not a wait forever. After a refused oversized message the WebSocket stream is
-/// mid-frame and unusable; the rest is then read raw and discarded, because closing a socket
-/// with unread input sends a TCP reset that can destroy our close frame before the client
-/// reads it.
+/// Whatever the backlog still holds goes out first; a peer that reads nothing gets
+/// `CLOSE_SEND_TIMEOUT`, not a wait forever. After a refused oversized message the WebSocket
+/// stream is mid-frame and unusable; the rest is then read raw and discarded, because closing
+/// a socket with unread input sends a TCP reset that can destroy our close frame before the
+/// client reads it.
 pub(crate) async fn close_with<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -283,10 +288,10 @@ where
     // tungstenite gives up on a stream after a capacity error and reports it ended.
     let broken = reason.code == close::MESSAGE_TOO_BIG;
     let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
-    let exchange = async {
-        if ws.send(Message::Close(Some(frame))).await.is_err() {
-            return;
-        }
+    if !matches!(tokio::time::timeout(CLOSE_SEND_TIMEOUT, ws.send(Message::Close(Some(frame)))).await, Ok(Ok(()))) {
+        return;
+    }
+    let drain = async {
         if !broken {
             loop {
                 match ws.next().await {
@@ -305,5 +310,5 @@ where
             }
         }
     };
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, exchange).await;
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
 }

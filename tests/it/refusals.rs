@@ -104,6 +104,9 @@ async fn a_consumer_that_stops_reading_is_closed_with_1013() {
         // The writer reads its echoes, so only `slow` falls behind.
         writer.wait_echo().await;
     }
+    // A slow consumer is slow: it gets to reading well after the close was decided, and the
+    // close frame still waits for it behind what the kernel already holds.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     // Everything queued before the close is dropped; the close frame is what arrives.
     let (code, reason) = slow.closed_with().await;
     assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
