@@ -231,6 +231,12 @@ impl State {
     /// Records a writer's close (the first one wins) and drops the backlog, except the rest
     /// of a frame already partly on the wire.
     fn request_close(&mut self, reason: CloseReason) -> Option<Waker> {
+        // The session is already closing with its own code: what it queued (its close frame
+        // included) must go out, so a later request (the document dropping its sender as the
+        // connection leaves) changes nothing.
+        if self.senders_closed {
+            return None;
+        }
         if self.close.is_none() {
             self.close = Some(reason);
             let keep = if self.mid_frame { self.backlog.iter().position(|c| c.frame_end).map_or(0, |i| i + 1) } else { 0 };
@@ -586,5 +592,50 @@ mod tests {
         let flush = tokio::spawn(async move { socket.flush().await.unwrap() });
         assert_eq!(read_frame(&mut peer).await, (0x82, vec![1; 30]));
         flush.await.unwrap();
+    }
+
+    /// The session refuses a connection with a backlog pending: it stops documents' frames,
+    /// tungstenite queues its close frame behind the backlog, and then the document drops its
+    /// sender as the connection leaves (a close request). That request must not truncate the
+    /// session's close frame away.
+    #[tokio::test]
+    async fn the_sessions_own_close_frame_survives_the_document_dropping_its_sender() {
+        let (mut socket, outbox, tx, mut peer) = pipe_link(16, 10_000);
+        tx.send(payload(40, 1)).unwrap();
+        tx.send(payload(40, 2)).unwrap();
+        // The session refuses (say 1003): documents are refused from now on...
+        outbox.close();
+        // ...and tungstenite writes the close frame (code 1003), queued behind the backlog.
+        socket.write_all(&[0x88, 0x02, 0x03, 0xeb]).await.unwrap();
+        // The actor handles the leave: the connection's sender is dropped.
+        drop(tx);
+        let flush = tokio::spawn(async move {
+            socket.flush().await.unwrap();
+            socket
+        });
+        let mut frames = Vec::new();
+        let got_close = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            loop {
+                let frame = read_frame(&mut peer).await;
+                let is_close = frame.0 == 0x88;
+                frames.push(frame);
+                if is_close {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _socket = flush.await.unwrap();
+        assert!(
+            got_close.is_ok(),
+            "the session's close frame never reached the wire; frames seen: {:?}",
+            frames.iter().map(|(b0, d)| (*b0, d.len())).collect::<Vec<_>>()
+        );
+        assert_eq!(frames.last().unwrap(), &(0x88, vec![0x03, 0xeb]));
+        assert_eq!(
+            frames[..frames.len() - 1].to_vec(),
+            vec![(0x82, vec![1; 40]), (0x82, vec![2; 40])],
+            "what was queued goes out before the session's close frame"
+        );
     }
 }

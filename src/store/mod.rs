@@ -443,7 +443,10 @@ impl Worker {
                 Pending::Append(ack, relay, name) => {
                     // Committed: the relay goes out before the ack, so whatever its document
                     // parked behind this ticket follows it on the wire.
-                    if let (Ok(()), Some(relay)) = (&result, relay) {
+                    // Not after an earlier commit of the document failed either: the document
+                    // may have issued more before it heard of the failure.
+                    let failed_before = matches!(&ack, Ack::Ticket(commits, _) if commits.committed().is_err());
+                    if let (Ok(()), Some(relay), false) = (&result, relay, failed_before) {
                         relay_committed(&name, relay);
                     }
                     match ack {
@@ -833,5 +836,30 @@ mod tests {
         assert!(!waiter.is_finished(), "ticket 2 does not reach 3");
         commits.ack(3, &Ok(()));
         assert_eq!(waiter.await.unwrap().unwrap(), 3);
+    }
+
+    /// Once a commit of a document failed, no later relay of it may reach its connections:
+    /// the document may issue more tickets before it acts on the failure.
+    #[tokio::test]
+    async fn no_relay_is_written_after_an_earlier_commit_of_the_document_failed() {
+        let dir = tempdir();
+        let store = Store::open(&config(&dir)).unwrap();
+        let (name, origin): (Arc<str>, Arc<str>) = ("g".into(), "test".into());
+        store.append(name.clone(), 1, vec![1], origin.clone()).await.unwrap().await.unwrap().unwrap();
+        let commits = Arc::new(Commits::default());
+        // Ticket 1 fails (seq 1 again violates the primary key)...
+        let dup = Some((1, vec![9]));
+        store.append_ticketed(name.clone(), dup, origin.clone(), vec![], vec![], commits.clone(), 1, None).await.unwrap();
+        assert!(commits.reached(1).await.is_err());
+        // ...ticket 2 (seq 2, which the actor had already applied) commits in a later batch.
+        let (relay, mut peer, _outbox, sender) = relay_to_pipe(b"after-failure");
+        let next = Some((2, vec![2]));
+        store.append_ticketed(name.clone(), next, origin.clone(), vec![], vec![], commits.clone(), 2, Some(relay)).await.unwrap();
+        // Once a later command is answered, ticket 2's batch has been handled.
+        store.append(name.clone(), 3, vec![3], origin).await.unwrap().await.unwrap().unwrap();
+        sender.peer().send(bytes::Bytes::from_static(b"marker")).unwrap();
+        assert_eq!(read_relayed(&mut peer).await, b"marker", "a relay went out after the document's failed commit");
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

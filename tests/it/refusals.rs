@@ -140,3 +140,25 @@ async fn a_failed_commit_closes_the_document_with_1011_and_relays_nothing() {
     other.insert(0, "fine").await;
     other.pump_until(|c| c.text() == "fine", "other document still works").await;
 }
+
+/// A connection the session refuses (a text frame: 1003) while its backlog is full still
+/// gets its close frame, after everything queued: the document dropping its sender as the
+/// connection leaves must not truncate the session's close frame away. One worker thread
+/// makes the order deterministic (the actor runs once the session waits in `close_with`).
+#[tokio::test]
+async fn a_refusal_behind_a_full_backlog_still_sends_its_close_frame_after_the_backlog() {
+    use futures::SinkExt;
+    let server = TestServer::start_with(&["--outbound-queue-bytes-max", "67108864", "--worker-threads", "1"]);
+    let mut writer = Client::synced(&server.url("stall-refused")).await;
+    let mut stalled = Client::synced(&server.url("stall-refused")).await;
+    // ~24 MB, more than the loopback socket buffers: most of it waits in the server's backlog.
+    for i in 0..400u32 {
+        let chunk = format!("{:05}{}", i, "y".repeat(59_995));
+        writer.edit(|t, txn| yrs::Text::insert(t, txn, 0, &chunk)).await;
+        writer.wait_echo().await;
+    }
+    stalled.ws.send(tokio_tungstenite::tungstenite::Message::Text("not yjs".into())).await.unwrap();
+    let want = writer.text();
+    assert_eq!(stalled.closed_with().await.0, 1003);
+    assert!(stalled.text() == want, "what was queued went out before the close frame");
+}
