@@ -7,7 +7,9 @@
 //! becomes writable. The backlog is bounded in bytes: a frame that would take it past the
 //! limit closes the connection with 1013 instead, so a slow consumer is closed, never waited
 //! on (which would stall every peer of the document) and never silently skipped (which would
-//! leave it diverged). A close request drops the backlog and overtakes it.
+//! leave it diverged). A document's close request drops the backlog and overtakes it; once
+//! the session is closing with its own code, what it queued (its close frame last) goes out
+//! whole, and later requests change nothing.
 //!
 //! The session reads and writes through tungstenite on a [`Socket`], which goes through the
 //! same lock and backlog: the frames of both sides reach the wire whole and in order.
