@@ -241,7 +241,8 @@ impl State {
         }
         if self.close.is_none() {
             self.close = Some(reason);
-            let keep = if self.mid_frame { self.backlog.iter().position(|c| c.frame_end).map_or(0, |i| i + 1) } else { 0 };
+            let keep =
+                if self.mid_frame { self.backlog.iter().position(|c| c.frame_end).map_or(0, |i| i + 1) } else { 0 };
             self.backlog.truncate(keep);
             self.backlog_bytes = self.backlog.iter().map(|c| c.bytes.len()).sum();
         }

@@ -135,7 +135,6 @@ enum Parked {
     Call(Box<dyn FnOnce() + Send>),
 }
 
-
 /// Why the actor loop ended.
 enum Exit {
     /// Unloaded or shut down cleanly; the registry entry is already gone.

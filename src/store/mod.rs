@@ -775,7 +775,9 @@ mod tests {
         data
     }
 
-    fn relay_to_pipe(frame: &[u8]) -> (Relay, tokio::io::DuplexStream, crate::outbox::Outbox, crate::outbox::OutboxSender) {
+    fn relay_to_pipe(
+        frame: &[u8],
+    ) -> (Relay, tokio::io::DuplexStream, crate::outbox::Outbox, crate::outbox::OutboxSender) {
         let (ours, theirs) = tokio::io::duplex(1024);
         let (_socket, outbox, sender) = crate::outbox::link(ours, 1024, crate::outbox::Opcode::Binary);
         let relay = Relay { frame: bytes::Bytes::copy_from_slice(frame), to: vec![(7, sender.peer())] };
@@ -790,7 +792,10 @@ mod tests {
         let commits = Arc::new(Commits::default());
         let (relay, mut peer, _outbox, _sender) = relay_to_pipe(b"relayed");
         let update = Some((1, vec![1]));
-        store.append_ticketed(name.clone(), update, origin.clone(), vec![], vec![], commits.clone(), 1, Some(relay)).await.unwrap();
+        store
+            .append_ticketed(name.clone(), update, origin.clone(), vec![], vec![], commits.clone(), 1, Some(relay))
+            .await
+            .unwrap();
         assert_eq!(commits.reached(1).await.unwrap(), 1);
         // Acknowledged only after the relay went out: the frame is already in the pipe.
         let mut byte = [0u8; 1];
@@ -812,7 +817,10 @@ mod tests {
         let (relay, mut peer, _outbox, sender) = relay_to_pipe(b"never");
         // Seq 1 again violates the primary key: the commit fails.
         let dup = Some((1, vec![9]));
-        store.append_ticketed(name.clone(), dup, origin.clone(), vec![], vec![], commits.clone(), 1, Some(relay)).await.unwrap();
+        store
+            .append_ticketed(name.clone(), dup, origin.clone(), vec![], vec![], commits.clone(), 1, Some(relay))
+            .await
+            .unwrap();
         assert!(commits.reached(u64::MAX).await.is_err(), "a failure wakes a waiter for any ticket");
         assert!(commits.committed().is_err());
         // The pipe holds nothing but what is sent after the failure.
@@ -849,12 +857,18 @@ mod tests {
         let commits = Arc::new(Commits::default());
         // Ticket 1 fails (seq 1 again violates the primary key)...
         let dup = Some((1, vec![9]));
-        store.append_ticketed(name.clone(), dup, origin.clone(), vec![], vec![], commits.clone(), 1, None).await.unwrap();
+        store
+            .append_ticketed(name.clone(), dup, origin.clone(), vec![], vec![], commits.clone(), 1, None)
+            .await
+            .unwrap();
         assert!(commits.reached(1).await.is_err());
         // ...ticket 2 (seq 2, which the actor had already applied) commits in a later batch.
         let (relay, mut peer, _outbox, sender) = relay_to_pipe(b"after-failure");
         let next = Some((2, vec![2]));
-        store.append_ticketed(name.clone(), next, origin.clone(), vec![], vec![], commits.clone(), 2, Some(relay)).await.unwrap();
+        store
+            .append_ticketed(name.clone(), next, origin.clone(), vec![], vec![], commits.clone(), 2, Some(relay))
+            .await
+            .unwrap();
         // Once a later command is answered, ticket 2's batch has been handled.
         store.append(name.clone(), 3, vec![3], origin).await.unwrap().await.unwrap().unwrap();
         sender.peer().send(bytes::Bytes::from_static(b"marker")).unwrap();
