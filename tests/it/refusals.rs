@@ -152,11 +152,7 @@ async fn a_refusal_behind_a_full_backlog_still_sends_its_close_frame_after_the_b
     let mut writer = Client::synced(&server.url("stall-refused")).await;
     let mut stalled = Client::synced(&server.url("stall-refused")).await;
     // ~24 MB, more than the loopback socket buffers: most of it waits in the server's backlog.
-    for i in 0..400u32 {
-        let chunk = format!("{:05}{}", i, "y".repeat(59_995));
-        writer.edit(|t, txn| yrs::Text::insert(t, txn, 0, &chunk)).await;
-        writer.wait_echo().await;
-    }
+    crate::support::send_24_mb(&mut writer).await;
     // The store thread relays an update to the writer and to `stalled` one after the other:
     // the writer's echo of update 400 does not prove the frame for `stalled` is queued yet.
     // Relays leave in commit order, so the echo of one more update proves update 400's is.

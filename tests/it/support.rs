@@ -365,3 +365,14 @@ fn covered_up_to(set: &IdSet, client: ClientID) -> u32 {
     }
     next
 }
+
+/// Sends ~24 MB of distinct 60 kB inserts from `writer`, one at a time, each echoed: more than
+/// the kernel's socket buffers on loopback, so a peer that reads nothing gets most of it
+/// queued in the server's backlog for its connection.
+pub async fn send_24_mb(writer: &mut Client) {
+    for i in 0..400u32 {
+        let chunk = format!("{:05}{}", i, "y".repeat(59_995));
+        writer.edit(|t, txn| yrs::Text::insert(t, txn, 0, &chunk)).await;
+        writer.wait_echo().await;
+    }
+}

@@ -164,11 +164,7 @@ async fn a_reader_that_stalls_then_reads_gets_every_frame_whole_and_in_order() {
     let mut stalled = Client::synced(&server.url("stall")).await;
     // ~24 MB: more than the kernel's socket buffers on loopback, so most of it waits in the
     // server's backlog while `stalled` reads nothing.
-    for i in 0..400u32 {
-        let chunk = format!("{:05}{}", i, "y".repeat(59_995));
-        writer.edit(|t, txn| t.insert(txn, 0, &chunk)).await;
-        writer.wait_echo().await;
-    }
+    crate::support::send_24_mb(&mut writer).await;
     // The server answers this ping while the backlog is full: the pong must queue behind it.
     stalled.ws.send(tokio_tungstenite::tungstenite::Message::Ping("mid-backlog".into())).await.unwrap();
     let want = writer.text();
