@@ -172,8 +172,8 @@ pub struct Config {
 
     /// Threads that run connections and documents (the store has its own thread). 0 = one per
     /// core. 1 runs everything on the main thread (tokio's current-thread runtime): no wakeups
-    /// cross threads, which costs less CPU per relayed frame, but a long task (loading a big
-    /// document) holds up every connection meanwhile. See BENCHMARKS.md.
+    /// cross threads, but a long task (loading a big document) holds up every connection
+    /// meanwhile; it measured no clear CPU gain at 500 updates/s (BENCHMARKS.md).
     #[arg(long, env = "YSERVE_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
