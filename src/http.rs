@@ -49,6 +49,8 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     pub registry: Arc<Registry>,
     pub sessions: Arc<Sessions>,
+    /// ShareDB presence channels of the OT connections.
+    pub ot_presence: Arc<crate::ot::presence::Hub>,
     next_conn: AtomicU64,
 }
 
@@ -70,6 +72,7 @@ impl AppState {
             limiter,
             registry,
             sessions: Arc::default(),
+            ot_presence: Arc::default(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -396,6 +399,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     settings: ot_session_settings(&state.config),
                     outbox,
                     sender,
+                    presence: state.ot_presence.clone(),
                 };
                 crate::ot::session::run(ws, state.registry.clone(), params).instrument(span).await;
             }

@@ -13,7 +13,7 @@ export { Presence } from './presence.js'
 export type { Peer, PresenceUser, PresenceOptions } from './presence.js'
 
 export { OtClient, OtText } from './ot.js'
-export type { OtClientOptions, OtClientEvents, OtTextEvents, OtConnectionState, OtError } from './ot.js'
+export type { OtClientOptions, OtClientEvents, OtTextEvents, OtConnectionState, OtError, OtRange } from './ot.js'
 
 export { ApiClient, ApiError, isApiError, parseSse } from './api.js'
 export type { AnyApiError, ApiClientOptions, EventStreamOptions, SseMessage } from './api.js'

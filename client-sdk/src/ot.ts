@@ -9,11 +9,12 @@
 // version and resends its in-flight op with the same `(src, seq)`, which the server
 // acknowledges without applying it twice.
 //
-// ShareDB presence is not served by yserve (its awareness is the Yjs one, see `Presence`),
-// so `supportsPresence` is false and nothing pretends otherwise.
+// Cursors of OT clients are ShareDB doc presence, which yserve relays between the OT
+// connections of a text (`OtText.setCursor`, `OtText.watchCursors`). They are not bridged to
+// Yjs awareness: Yjs editors see each other through `Presence` on a provider.
 
 import ShareDB from 'sharedb/lib/client/index.js'
-import type { Doc, Connection } from 'sharedb/lib/client/index.js'
+import type { Doc, Connection, Presence as ShareDBPresence, LocalPresence } from 'sharedb/lib/client/index.js'
 import richText from 'rich-text'
 import { ObservableV2 } from 'lib0/observable'
 import {
@@ -145,8 +146,8 @@ class ReconnectingSocket {
 }
 
 export class OtClient extends ObservableV2<OtClientEvents> {
-  /** yserve does not serve ShareDB presence; use `Presence` on a Yjs provider instead. */
-  readonly supportsPresence = false as const
+  /** yserve relays ShareDB presence (OT clients' cursors): see `OtText.setCursor`. */
+  readonly supportsPresence = true as const
   /** The stock ShareDB connection, for what this class does not wrap. */
   readonly connection: Connection
   private readonly socket: ReconnectingSocket
@@ -198,6 +199,18 @@ export interface OtTextEvents {
   op: (ops: DeltaOp[], meta: { local: boolean }) => void
   /** The whole text was replaced (re-fetched after a rejected op, or after reconnecting late). */
   load: () => void
+  /**
+   * Another OT client's cursor on this text appeared or moved (a range), or went away
+   * (`null`), after `watchCursors()`. Ranges follow the text's ops, as ShareDB transforms them.
+   */
+  cursor: (id: string, range: OtRange | null) => void
+}
+
+/** A cursor (`length` 0) or selection, in UTF-16 code units; extra fields travel along. */
+export interface OtRange {
+  index: number
+  length: number
+  [field: string]: unknown
 }
 
 /** One subscribed text. Indexes are UTF-16 code units (JavaScript string indexes). */
@@ -205,6 +218,8 @@ export class OtText extends ObservableV2<OtTextEvents> {
   /** The stock ShareDB doc. */
   readonly doc: Doc
   private readonly forget: () => void
+  private presence: ShareDBPresence<OtRange> | null = null
+  private local: LocalPresence<OtRange> | null = null
 
   constructor (doc: Doc, forget: () => void) {
     super()
@@ -275,10 +290,46 @@ export class OtText extends ObservableV2<OtTextEvents> {
     return this.format(index, length, attributes)
   }
 
-  /** Unsubscribes and forgets the text (`openText` subscribes afresh). */
+  /** The other OT clients' cursors on this text, by presence id (after `watchCursors()`). */
+  get cursors (): Record<string, OtRange> {
+    return { ...(this.presence?.remotePresences ?? {}) }
+  }
+
+  /** Receives the other OT clients' cursors from now on (`cursor` events, `cursors`). */
+  watchCursors (): Promise<void> {
+    const presence = this.docPresence()
+    return new Promise((resolve, reject) => presence.subscribe(err => err ? reject(err) : resolve()))
+  }
+
+  /**
+   * Shows this client's cursor or selection to the other OT clients of the text (`null`
+   * hides it). Resolves once the server relayed it; rejects with the ShareDB error.
+   */
+  setCursor (range: OtRange | null): Promise<void> {
+    const presence = this.docPresence()
+    this.local ??= presence.create()
+    const local = this.local
+    return new Promise((resolve, reject) => local.submit(range as OtRange, err => err ? reject(err) : resolve()))
+  }
+
+  private docPresence (): ShareDBPresence<OtRange> {
+    if (this.presence === null) {
+      this.presence = this.doc.connection.getDocPresence(this.doc.collection, this.doc.id)
+      this.presence.on('receive', (id, range) => this.emit('cursor', [id, range ?? null]))
+    }
+    return this.presence
+  }
+
+  /**
+   * Hides this client's cursor, unsubscribes, and forgets the text (`openText` subscribes
+   * afresh).
+   */
   async close (): Promise<void> {
     this.forget()
     super.destroy()
+    const presence = this.presence
+    this.presence = this.local = null
+    if (presence !== null) await new Promise<void>(resolve => presence.destroy(() => resolve()))
     await new Promise<void>(resolve => this.doc.destroy(() => resolve()))
   }
 }

@@ -87,17 +87,28 @@ test('a refused op rejects with the ShareDB error code and the text recovers', a
   }
 })
 
-test('ShareDB presence is not served, and the client says so instead of faking it', async () => {
-  const ot = new OtClient(server.url, { WebSocket })
+test('OT cursors: one client shows a selection, the other sees it move with the text and vanish when the first closes the text', async () => {
+  const [a, b] = [new OtClient(server.url, { WebSocket }), new OtClient(server.url, { WebSocket })]
   try {
-    assert.equal(ot.supportsPresence, false)
-    await ot.openText('ot-presence', 't')
-    const presence = ot.connection.getDocPresence('ot-presence', 't')
-    const err = await new Promise(resolve => presence.subscribe(resolve))
-    assert.ok(err, 'the server refused the presence subscription')
-    assert.equal(err.code, 'ERR_MESSAGE_BADLY_FORMED')
+    assert.equal(a.supportsPresence, true)
+    const [ta, tb] = await Promise.all([a.openText('ot-presence', 't'), b.openText('ot-presence', 't')])
+    const seen = []
+    ta.on('cursor', (id, range) => seen.push([id, range]))
+    await ta.watchCursors()
+    await tb.insert(0, 'hello world')
+    await waitFor(() => ta.value === 'hello world', () => `a sees ${JSON.stringify(ta.value)}`)
+    await tb.setCursor({ index: 6, length: 5 })
+    await waitFor(() => Object.values(ta.cursors).some(r => r.index === 6 && r.length === 5), () => `a sees cursors ${JSON.stringify(ta.cursors)}`)
+    const [id] = Object.keys(ta.cursors)
+    // a's own edit before the selection moves it (the client transforms relayed presence).
+    await ta.insert(0, '>> ')
+    await waitFor(() => ta.cursors[id]?.index === 9, () => `a sees cursors ${JSON.stringify(ta.cursors)}`)
+    await tb.close()
+    await waitFor(() => !(id in ta.cursors), () => `a still sees ${JSON.stringify(ta.cursors)}`)
+    assert.deepEqual(seen.at(-1), [id, null], 'the last event withdraws the cursor')
   } finally {
-    ot.close()
+    a.close()
+    b.close()
   }
 })
 

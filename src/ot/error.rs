@@ -28,6 +28,8 @@ pub enum OtError {
     Forbidden,
     #[error("document unavailable")]
     Unavailable,
+    #[error("type does not support presence: {0}")]
+    PresenceType(String),
 }
 
 impl OtError {
@@ -44,13 +46,14 @@ impl OtError {
             OtError::ReadOnly | OtError::Locked { .. } => "ERR_OP_SUBMIT_REJECTED",
             OtError::Forbidden => "ERR_SNAPSHOT_READS_REJECTED",
             OtError::Unavailable => "ERR_UNKNOWN_ERROR",
+            OtError::PresenceType(_) => "ERR_TYPE_DOES_NOT_SUPPORT_PRESENCE",
         }
     }
 
     /// The REST mirror's status for this error.
     pub fn status(&self) -> u16 {
         match self {
-            OtError::BadMessage(_) | OtError::BadOp(_) => 400,
+            OtError::BadMessage(_) | OtError::BadOp(_) | OtError::PresenceType(_) => 400,
             OtError::Sequence(SequenceError::VersionNewer { .. }) => 400,
             OtError::Sequence(SequenceError::OpsNotFound { .. }) => 409,
             OtError::OpTooLong { .. } | OtError::SurrogateSplit { .. } => 422,

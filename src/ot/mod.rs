@@ -7,12 +7,14 @@
 //! - `ytext`: deltas to and from a `Y.Text`, with the checks that keep bad ops out of yrs.
 //! - `sharedb`: the ShareDB wire messages, pure.
 //! - `session`: one ShareDB WebSocket connection.
+//! - `presence`: ShareDB presence channels (cursors of OT clients), relayed between connections.
 //! - `error`: every OT error with its ShareDB code and HTTP status.
 //!
 //! The sequencers themselves live in the document actor (`document::ot`).
 
 pub mod delta;
 pub mod error;
+pub mod presence;
 pub mod sequencer;
 pub mod session;
 pub mod sharedb;

@@ -7,7 +7,7 @@
 //! (1003), oversized messages (1009), rate limiting (1008), expiry (4401) and silence (4408)
 //! close it. Called by `http` after the upgrade.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ use crate::limits::{ConnPermit, Limiter};
 use crate::metrics::METRICS;
 use crate::ot::delta::{Delta, DeltaLimits};
 use crate::ot::error::OtError;
-use crate::ot::sharedb::{self, OpBody, Request};
+use crate::ot::presence::{channel_documents, Hub, IDS_PER_CHANNEL_MAX};
+use crate::ot::sharedb::{self, OpBody, Presence, Request};
 use crate::outbox::{Next, Outbox, OutboxPeer, OutboxSender, Socket};
 use crate::presence::ConnId;
 use crate::protocol::{close, CloseReason};
@@ -55,6 +56,8 @@ pub struct OtSessionParams {
     /// The connection's socket as documents write to it (`outbox::link`, text frames).
     pub outbox: Outbox,
     pub sender: OutboxSender,
+    /// The server's presence channels (`ot::presence`).
+    pub presence: Arc<Hub>,
 }
 
 struct Session {
@@ -66,10 +69,17 @@ struct Session {
     docs: HashMap<DocName, Attachment>,
     peer: OutboxPeer,
     settings: OtSessionSettings,
+    presence: Arc<Hub>,
+    /// Presence channels this connection is subscribed to.
+    subscribed: HashSet<Arc<str>>,
+    /// The last presence this connection sent per channel and presence id (non-null ones
+    /// only): withdrawn (`p: null`) for the others when it unsubscribes or ends.
+    sent: HashMap<Arc<str>, HashMap<String, Presence>>,
 }
 
 pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, params: OtSessionParams) {
-    let OtSessionParams { conn, sessions, identity, expires_in, permit, limiter, settings, outbox, sender } = params;
+    let OtSessionParams { conn, sessions, identity, expires_in, permit, limiter, settings, outbox, sender, presence } =
+        params;
     let mut session = Session {
         conn,
         src: client_id(conn).into(),
@@ -78,6 +88,9 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
         docs: HashMap::new(),
         peer: sender.peer(),
         settings,
+        presence,
+        subscribed: HashSet::new(),
+        sent: HashMap::new(),
     };
     let user = session.identity.user.clone();
     let mut ping = tokio::time::interval(session.settings.ping_interval);
@@ -198,6 +211,45 @@ impl Session {
                 self.forward(&c, &d, "s", echo, kind).await
             }
             Request::Unsubscribe { c, d } => self.forward(&c, &d, "u", echo, OtKind::Unsubscribe).await,
+            Request::PresenceSubscribe { ch, seq } => {
+                let ch: Arc<str> = ch.into();
+                if let Err(e) = self.presence_allowed(&ch, !self.subscribed.contains(&ch)) {
+                    return self.reply(sharedb::error_reply(echo.clone(), &e));
+                }
+                self.subscribed.insert(ch.clone());
+                self.presence.subscribe(&ch, self.conn, &self.src, self.peer.clone());
+                self.reply(sharedb::presence_subscription_reply("ps", &ch, seq));
+            }
+            Request::PresenceUnsubscribe { ch, seq } => {
+                if self.subscribed.remove(ch.as_str()) {
+                    self.presence.unsubscribe(&ch, self.conn);
+                }
+                self.withdraw(&ch);
+                self.reply(sharedb::presence_subscription_reply("pu", &ch, seq));
+            }
+            Request::PresenceRequest { ch } => match self.presence_allowed(&ch, false) {
+                Ok(()) => self.presence.request(&ch, &self.src),
+                Err(e) => self.reply(sharedb::error_reply(echo.clone(), &e)),
+            },
+            Request::Presence(msg) => {
+                if let Err(e) = self.check_presence(&msg) {
+                    METRICS.refused(e.code());
+                    return self.reply(sharedb::error_reply(echo.clone(), &e));
+                }
+                let frame = Bytes::from(sharedb::presence(&msg, &self.src));
+                self.presence.broadcast(&msg.ch, &self.src, frame.clone());
+                let channel = self.sent.entry(msg.ch.as_str().into()).or_default();
+                if msg.p.is_null() {
+                    channel.remove(&msg.id);
+                    if channel.is_empty() {
+                        self.sent.remove(msg.ch.as_str());
+                    }
+                } else {
+                    channel.insert(msg.id.clone(), msg);
+                }
+                // The sender's acknowledgement is the message as relayed (ShareDB's reply).
+                let _ = self.peer.send(frame);
+            }
             Request::Op { c, d, v, src, seq, body } => {
                 let op = match body {
                     OpBody::Edit(op) => Delta::from_json(&op, &self.settings.op_limits).map_err(OtError::from),
@@ -215,6 +267,56 @@ impl Session {
                 let writable = self.identity.access(&c) == Some(Access::Write);
                 self.forward(&c, &d, "op", echo, OtKind::Submit { v, src, seq, op, writable }).await
             }
+        }
+    }
+
+    /// A channel is open to this connection if it has a grant on every document the channel
+    /// could name (`ot::presence`). `new` counts it against the per-connection bound.
+    fn presence_allowed(&self, ch: &str, new: bool) -> Result<(), OtError> {
+        let mut docs = channel_documents(ch).filter(|d| DocName::new(d).is_ok()).peekable();
+        if docs.peek().is_none() {
+            return Err(OtError::BadMessage(format!(
+                "presence channel '{ch}' names no document (expected 'document.text')"
+            )));
+        }
+        if let Some(doc) = docs.find(|d| self.identity.access(d).is_none()) {
+            tracing::warn!(conn = self.conn, user = %self.identity.user, doc, channel = ch, "ot: no grant for the presence channel");
+            return Err(OtError::Forbidden);
+        }
+        let open = self.subscribed.len() + self.sent.keys().filter(|k| !self.subscribed.contains(*k)).count();
+        if new && open >= self.settings.docs_max {
+            return Err(OtError::BadMessage(format!(
+                "too many presence channels on one connection (max {})",
+                self.settings.docs_max
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_presence(&self, msg: &Presence) -> Result<(), OtError> {
+        match (&msg.c, &msg.d) {
+            (None, None) => {}
+            (Some(c), Some(d)) if msg.ch == format!("{c}.{d}") => {}
+            _ => return Err(OtError::BadMessage("presence channel is not 'c.d'".into())),
+        }
+        if let Some(t) = msg.t.as_deref().filter(|t| *t != sharedb::RICH_TEXT_URI) {
+            return Err(OtError::PresenceType(t.to_owned()));
+        }
+        let known = self.sent.get(msg.ch.as_str());
+        self.presence_allowed(&msg.ch, known.is_none() && !self.subscribed.contains(msg.ch.as_str()))?;
+        if !msg.p.is_null() && known.is_some_and(|ids| !ids.contains_key(&msg.id) && ids.len() >= IDS_PER_CHANNEL_MAX) {
+            return Err(OtError::BadMessage(format!(
+                "too many presence ids on one channel (max {IDS_PER_CHANNEL_MAX})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tells the channel's other subscribers that this connection's presences there are gone.
+    fn withdraw(&mut self, ch: &str) {
+        for (_, mut msg) in self.sent.remove(ch).into_iter().flatten() {
+            msg.p = Value::Null;
+            self.presence.broadcast(ch, &self.src, Bytes::from(sharedb::presence(&msg, &self.src)));
         }
     }
 
@@ -276,5 +378,18 @@ impl Session {
         }
         self.docs.remove(&doc);
         self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable));
+    }
+}
+
+impl Drop for Session {
+    /// However the connection ends, its presence subscriptions go and its cursors are withdrawn.
+    fn drop(&mut self) {
+        for ch in std::mem::take(&mut self.subscribed) {
+            self.presence.unsubscribe(&ch, self.conn);
+        }
+        let channels: Vec<Arc<str>> = self.sent.keys().cloned().collect();
+        for ch in channels {
+            self.withdraw(&ch);
+        }
     }
 }

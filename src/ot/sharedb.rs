@@ -35,13 +35,65 @@ pub enum OpBody {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Handshake { id: Option<String> },
-    Fetch { c: String, d: String, v: Option<u64> },
-    Subscribe { c: String, d: String, v: Option<u64> },
-    Unsubscribe { c: String, d: String },
-    Op { c: String, d: String, v: Option<u64>, src: Option<String>, seq: u64, body: OpBody },
+    Handshake {
+        id: Option<String>,
+    },
+    Fetch {
+        c: String,
+        d: String,
+        v: Option<u64>,
+    },
+    Subscribe {
+        c: String,
+        d: String,
+        v: Option<u64>,
+    },
+    Unsubscribe {
+        c: String,
+        d: String,
+    },
+    Op {
+        c: String,
+        d: String,
+        v: Option<u64>,
+        src: Option<String>,
+        seq: u64,
+        body: OpBody,
+    },
     Ping,
+    /// `ps`/`pu`: (un)subscribe to a presence channel; `seq` is echoed in the reply.
+    PresenceSubscribe {
+        ch: String,
+        seq: u64,
+    },
+    PresenceUnsubscribe {
+        ch: String,
+        seq: u64,
+    },
+    /// `pr`: ask the channel's other subscribers to send their presence again.
+    PresenceRequest {
+        ch: String,
+    },
+    /// `p`: one local presence's value (`p`, null to withdraw) at presence version `pv`.
+    Presence(Presence),
 }
+
+/// A presence message as a client sends it (see `ot::presence`). `c`/`d`/`v`/`t` are set by
+/// `DocPresence` (the channel is then `c.d`); other fields are not relayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Presence {
+    pub ch: String,
+    pub id: String,
+    pub p: Value,
+    pub pv: u64,
+    pub c: Option<String>,
+    pub d: Option<String>,
+    pub v: Option<u64>,
+    pub t: Option<String>,
+}
+
+/// Longest presence id accepted (the stock client uses 32 hex digits).
+pub const PRESENCE_ID_BYTES_MAX: usize = 256;
 
 /// A parsed message and the request object to echo in an error reply.
 #[derive(Debug)]
@@ -111,10 +163,46 @@ pub fn parse(frame: &str) -> Result<Parsed, String> {
             vec![Request::Op { c: c()?, d: d()?, v: v()?, src, seq, body }]
         }
         "pp" => vec![Request::Ping],
+        "ps" | "pu" | "pr" | "p" => {
+            let ch = msg
+                .get("ch")
+                .and_then(Value::as_str)
+                .filter(|ch| !ch.is_empty() && ch.len() <= crate::ot::presence::CHANNEL_BYTES_MAX)
+                .ok_or_else(|| bad("invalid presence channel"))?
+                .to_owned();
+            let seq = || msg.get("seq").and_then(Value::as_u64).ok_or_else(|| bad("invalid seq"));
+            match action {
+                "ps" => vec![Request::PresenceSubscribe { ch, seq: seq()? }],
+                "pu" => vec![Request::PresenceUnsubscribe { ch, seq: seq()? }],
+                "pr" => vec![Request::PresenceRequest { ch }],
+                _ => {
+                    let id = msg
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .filter(|id| !id.is_empty() && id.len() <= PRESENCE_ID_BYTES_MAX)
+                        .ok_or_else(|| bad("invalid presence id"))?
+                        .to_owned();
+                    let pv = msg.get("pv").and_then(Value::as_u64).ok_or_else(|| bad("invalid presence version"))?;
+                    let optional = |key: &str| match msg.get(key) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                        Some(_) => Err(bad(&format!("invalid {key}"))),
+                    };
+                    vec![Request::Presence(Presence {
+                        ch,
+                        id,
+                        p: msg.get("p").cloned().unwrap_or(Value::Null),
+                        pv,
+                        c: optional("c")?,
+                        d: optional("d")?,
+                        v: v()?,
+                        t: optional("t")?,
+                    })]
+                }
+            }
+        }
         other => {
-            return Err(bad(&format!(
-                "unsupported action '{other}' (queries, presence and snapshot requests are not served)"
-            )))
+            return Err(bad(&format!("unsupported action '{other}' (queries and snapshot requests are not served)")))
         }
     };
     Ok(Parsed { requests, echo: value })
@@ -141,6 +229,26 @@ pub fn valid_src(s: &str) -> bool {
 pub fn handshake(id: &str) -> String {
     json!({"a": "hs", "protocol": PROTOCOL_MAJOR, "protocolMinor": PROTOCOL_MINOR, "id": id, "type": DEFAULT_TYPE_URI})
         .to_string()
+}
+
+/// The reply to `ps`/`pu`: the channel and the client's sequence number.
+pub fn presence_subscription_reply(action: &str, ch: &str, seq: u64) -> String {
+    json!({"a": action, "ch": ch, "seq": seq}).to_string()
+}
+
+/// A presence as relayed to the channel (and echoed to its sender as the acknowledgement),
+/// with the sender's client id as `src`.
+pub fn presence(msg: &Presence, src: &str) -> String {
+    let mut out = json!({"a": "p", "ch": msg.ch, "src": src, "id": msg.id, "p": msg.p, "pv": msg.pv});
+    for (key, value) in [("c", &msg.c), ("d", &msg.d), ("t", &msg.t)] {
+        if let Some(value) = value {
+            out[key] = json!(value);
+        }
+    }
+    if let Some(v) = msg.v {
+        out["v"] = json!(v);
+    }
+    out.to_string()
 }
 
 pub fn pong() -> String {
@@ -223,6 +331,38 @@ mod tests {
             (r#"{"a":"op","c":"n","d":"t","v":1,"seq":1}"#, "invalid op message"),
             (r#"{"a":"qf","id":1,"c":"n","q":{}}"#, "unsupported action 'qf'"),
             (r#"{"a":"bs","c":"n","b":{"t":"x"}}"#, "invalid bulk versions"),
+        ] {
+            let reply: Value = serde_json::from_str(&parse(frame).unwrap_err()).unwrap();
+            assert_eq!(reply["error"]["code"], "ERR_MESSAGE_BADLY_FORMED", "{frame}");
+            let message = reply["error"]["message"].as_str().unwrap();
+            assert!(message.contains(want), "{frame}: {message}");
+        }
+    }
+
+    #[test]
+    fn presence_messages_parse_and_bad_ones_are_refused() {
+        let p =
+            parse(r#"{"a":"p","ch":"n.t","id":"x1","p":{"index":2,"length":0},"pv":3,"c":"n","d":"t","v":7,"t":"u"}"#)
+                .unwrap();
+        let Request::Presence(msg) = &p.requests[0] else { panic!("{:?}", p.requests) };
+        assert_eq!((msg.ch.as_str(), msg.id.as_str(), msg.pv, msg.v), ("n.t", "x1", 3, Some(7)));
+        let relayed: Value = serde_json::from_str(&presence(msg, "src1")).unwrap();
+        assert_eq!(
+            relayed,
+            json!({"a":"p","ch":"n.t","src":"src1","id":"x1","p":{"index":2,"length":0},"pv":3,"c":"n","d":"t","v":7,"t":"u"})
+        );
+        let p = parse(r#"{"a":"ps","ch":"n.t","seq":4}"#).unwrap();
+        assert_eq!(p.requests, vec![Request::PresenceSubscribe { ch: "n.t".into(), seq: 4 }]);
+        let long_channel = format!(r#"{{"a":"pr","ch":"{}"}}"#, "x".repeat(crate::ot::presence::CHANNEL_BYTES_MAX + 1));
+        for (frame, want) in [
+            (r#"{"a":"ps","seq":1}"#, "invalid presence channel"),
+            (r#"{"a":"ps","ch":"","seq":1}"#, "invalid presence channel"),
+            (long_channel.as_str(), "invalid presence channel"),
+            (r#"{"a":"pu","ch":"n.t"}"#, "invalid seq"),
+            (r#"{"a":"p","ch":"n.t","pv":1}"#, "invalid presence id"),
+            (r#"{"a":"p","ch":"n.t","id":"x","pv":-1}"#, "invalid presence version"),
+            (r#"{"a":"p","ch":"n.t","id":"x","pv":1,"c":5}"#, "invalid c"),
+            (r#"{"a":"p","ch":"n.t","id":"x","pv":1,"v":"2"}"#, "invalid version"),
         ] {
             let reply: Value = serde_json::from_str(&parse(frame).unwrap_err()).unwrap();
             assert_eq!(reply["error"]["code"], "ERR_MESSAGE_BADLY_FORMED", "{frame}");

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process'
 import { isDeepStrictEqual } from 'node:util'
 import http from 'node:http'
 import WebSocket from 'ws'
-import { Server, Clients, waitFor, synced, binaryPath, underlyingSocket } from './harness.mjs'
+import { Server, Clients, waitFor, synced, binaryPath, underlyingSocket, rawSocket } from './harness.mjs'
 
 const require = createRequire(import.meta.url)
 const ShareDB = require('sharedb/lib/client')
@@ -722,6 +722,130 @@ test('three sharedb and three y-websocket clients with random edits, drops and a
   } finally {
     for (const sc of scs) sc.close()
     pool.destroyAll()
+    await srv.dispose()
+  }
+})
+
+/** A promise of the stock client's callback. */
+const callback = fn => new Promise((resolve, reject) => fn(err => err ? reject(err) : resolve()))
+
+test('sharedb presence: cursors reach the other clients, late subscribers get them, and they are withdrawn on null, unsubscribe and a dropped socket', async () => {
+  const name = 'ot-presence'
+  const [a, b, c] = [shareConnection(), shareConnection(), shareConnection()]
+  try {
+    const docs = [a, b].map(sc => sc.connection.get(name, 't'))
+    for (const doc of docs) await subscribe(doc)
+    await submit(docs[0], new Delta().insert('hello world'))
+    await waitFor(() => plain(docs[1].data) === 'hello world', 'b sees the text')
+
+    const [pa, pb] = [a, b].map(sc => sc.connection.getDocPresence(name, 't'))
+    await callback(cb => pa.subscribe(cb))
+    await callback(cb => pb.subscribe(cb))
+    const local = pa.create('cursor-a')
+    // The acknowledgement is the server's echo: the callback only fires when it arrives.
+    await callback(cb => local.submit({ index: 6, length: 5 }, cb))
+    await waitFor(() => isDeepStrictEqual(pb.remotePresences['cursor-a'], { index: 6, length: 5 }),
+      () => `b sees ${JSON.stringify(pb.remotePresences)}`)
+    assert.deepEqual(Object.keys(pa.remotePresences), [], 'a sender does not receive its own presence as a remote one')
+
+    // An op by b moves a's cursor on b's side: the relayed presence carries the version the
+    // client needs to transform it.
+    await submit(docs[1], new Delta().insert('>> '))
+    await waitFor(() => pb.remotePresences['cursor-a']?.index === 9, () => `b sees ${JSON.stringify(pb.remotePresences)}`)
+
+    // A client that subscribes later asks the others to resend (pr): it sees a's cursor.
+    const docC = c.connection.get(name, 't')
+    await subscribe(docC)
+    const pc = c.connection.getDocPresence(name, 't')
+    await callback(cb => pc.subscribe(cb))
+    await waitFor(() => pc.remotePresences['cursor-a'] !== undefined, () => `c sees ${JSON.stringify(pc.remotePresences)}`)
+
+    // b's own cursor, then null: withdrawn for the others.
+    const localB = pb.create('cursor-b')
+    await callback(cb => localB.submit({ index: 0, length: 0 }, cb))
+    await waitFor(() => pa.remotePresences['cursor-b'] && pc.remotePresences['cursor-b'], 'a and c see b')
+    await callback(cb => localB.submit(null, cb))
+    await waitFor(() => !('cursor-b' in pa.remotePresences) && !('cursor-b' in pc.remotePresences), 'b withdrawn')
+
+    // Unsubscribing withdraws what the connection sent on that channel, as ShareDB does.
+    await callback(cb => localB.submit({ index: 1, length: 0 }, cb))
+    await waitFor(() => pc.remotePresences['cursor-b'], 'c sees b again')
+    await callback(cb => pb.unsubscribe(cb))
+    await waitFor(() => !('cursor-b' in pc.remotePresences), () => `c still sees b: ${JSON.stringify(pc.remotePresences)}`)
+
+    // a's socket drops without a close frame: its cursor is withdrawn for c.
+    a.socket._socket.destroy()
+    await waitFor(() => !('cursor-a' in pc.remotePresences), () => `c still sees a: ${JSON.stringify(pc.remotePresences)}`)
+    for (const sc of [b, c]) assert.deepEqual(sc.errors, [])
+  } finally {
+    for (const sc of [a, b, c]) sc.close()
+  }
+})
+
+test('sharedb presence refusals: no grant, no document, a mismatched channel, another type and too many ids or channels get error replies; the connection keeps working', async () => {
+  const secret = 's3cret'
+  const token = (sub, grant) => execFileSync(binaryPath(), ['token', '--jwt-secret', secret, '--sub', sub, '--doc', grant, '--ttl', '1h']).toString().trim()
+  const srv = await new Server(['--jwt-secret', secret, '--ot-docs-per-connection-max', '2']).start()
+  const reader = token('bob', 'pres*=read')
+  const raw = await rawSocket(srv, `/api/ot?token=${reader}`)
+  const replies = []
+  raw.ws.on('message', data => replies.push(JSON.parse(data.toString())))
+  const ask = async (message, match) => {
+    const before = replies.length
+    raw.ws.send(JSON.stringify(message))
+    await waitFor(() => replies.slice(before).find(match), () => `a reply to ${JSON.stringify(message)}; got ${JSON.stringify(replies.slice(before))}`)
+    return replies.slice(before).find(match)
+  }
+  try {
+    await ask({ a: 'hs', protocol: 1, protocolMinor: 2 }, m => m.a === 'hs')
+    const refused = async (message, code, words) => {
+      const reply = await ask(message, m => m.error)
+      assert.equal(reply.error.code, code, JSON.stringify(reply))
+      assert.match(reply.error.message, words)
+    }
+    await refused({ a: 'ps', ch: 'secret.t', seq: 1 }, 'ERR_SNAPSHOT_READS_REJECTED', /no access/)
+    // 'other.pres.t' could name the document 'other' or 'other.pres': neither is granted.
+    await refused({ a: 'p', ch: 'other.pres.t', id: 'x', pv: 0, p: { index: 0 } }, 'ERR_SNAPSHOT_READS_REJECTED', /no access/)
+    await refused({ a: 'ps', ch: 'lobby', seq: 2 }, 'ERR_MESSAGE_BADLY_FORMED', /names no document/)
+    await refused({ a: 'p', ch: 'pres1.t', c: 'pres1', d: 'u', id: 'x', pv: 0, p: { index: 0 } }, 'ERR_MESSAGE_BADLY_FORMED', /not 'c\.d'/)
+    await refused({ a: 'p', ch: 'pres1.t', c: 'pres1', d: 't', t: 'http://sharejs.org/types/JSONv0', id: 'x', pv: 0, p: {} }, 'ERR_TYPE_DOES_NOT_SUPPORT_PRESENCE', /JSONv0/)
+    await refused({ a: 'p', ch: 'pres1.t', pv: 0, p: {} }, 'ERR_MESSAGE_BADLY_FORMED', /invalid presence id/)
+
+    // A reader may share presence (SPEC §4: read grants share awareness); 16 ids per channel.
+    for (let i = 0; i < 16; i++) {
+      const ack = await ask({ a: 'p', ch: 'pres1.t', c: 'pres1', d: 't', id: `id${i}`, pv: 0, p: { index: i } }, m => m.a === 'p' && m.id === `id${i}`)
+      assert.equal(ack.error, undefined, JSON.stringify(ack))
+      assert.ok(ack.src, 'the echo names the sender')
+    }
+    await refused({ a: 'p', ch: 'pres1.t', id: 'id16', pv: 0, p: { index: 0 } }, 'ERR_MESSAGE_BADLY_FORMED', /too many presence ids/)
+    // Withdrawing one makes room again.
+    await ask({ a: 'p', ch: 'pres1.t', id: 'id0', pv: 1, p: null }, m => m.a === 'p' && m.id === 'id0')
+    const ok = await ask({ a: 'p', ch: 'pres1.t', id: 'id16', pv: 0, p: { index: 0 } }, m => m.a === 'p' && m.id === 'id16')
+    assert.equal(ok.error, undefined)
+
+    // Two channels per connection here (--ot-docs-per-connection-max 2): pres1.t is one.
+    assert.deepEqual(await ask({ a: 'ps', ch: 'pres2.t', seq: 3 }, m => m.a === 'ps'), { a: 'ps', ch: 'pres2.t', seq: 3 })
+    await refused({ a: 'ps', ch: 'pres3.t', seq: 4 }, 'ERR_MESSAGE_BADLY_FORMED', /too many presence channels/)
+    assert.deepEqual(await ask({ a: 'pu', ch: 'pres2.t', seq: 5 }, m => m.a === 'pu'), { a: 'pu', ch: 'pres2.t', seq: 5 })
+    assert.deepEqual(await ask({ a: 'ps', ch: 'pres3.t', seq: 6 }, m => m.a === 'ps'), { a: 'ps', ch: 'pres3.t', seq: 6 })
+
+    // After every refusal the connection still works.
+    assert.deepEqual(await ask({ a: 'pp' }, m => m.a === 'pp'), { a: 'pp' })
+    assert.equal(raw.ws.readyState, WebSocket.OPEN)
+
+    // A grant on exactly 'a': 'a.t' is its presence, but 'a.b.t' could also be the presence
+    // of the document 'a.b', which is not granted, so it is refused.
+    const exact = await rawSocket(srv, `/api/ot?token=${token('carol', 'a=read')}`)
+    const got = []
+    exact.ws.on('message', data => got.push(JSON.parse(data.toString())))
+    exact.ws.send(JSON.stringify({ a: 'ps', ch: 'a.b.t', seq: 1 }))
+    exact.ws.send(JSON.stringify({ a: 'ps', ch: 'a.t', seq: 2 }))
+    await waitFor(() => got.length === 2, () => `two replies; got ${JSON.stringify(got)}`)
+    assert.equal(got[0].error?.code, 'ERR_SNAPSHOT_READS_REJECTED', JSON.stringify(got[0]))
+    assert.deepEqual(got[1], { a: 'ps', ch: 'a.t', seq: 2 })
+    exact.ws.close()
+  } finally {
+    raw.ws.close()
     await srv.dispose()
   }
 })
