@@ -1,8 +1,9 @@
 // The demo editor in a real browser (Debian's chromium, headless, through playwright-core)
 // against the built binary: two people (two browser contexts: separate storage, separate
 // connections) type at once and converge, see each other's cursor, selection, name and
-// typing, one goes offline and reconciles, the OT <textarea> shows and edits the same text
-// (CRLF line ends and embeds included).
+// typing, one goes offline and reconciles, an edit typed offline with `?offline=1` survives
+// closing the tab (y-indexeddb), the OT <textarea> shows and edits the same text (CRLF line
+// ends and embeds included).
 // No page may log an error. Screenshots go to artifacts/browser/.
 //
 // Run: `npm test` here, after `./setup.sh` and `cargo build --release` (or set YSERVE_BIN).
@@ -164,6 +165,56 @@ test('an offline person\'s edits reconcile when they come back', async () => {
     await screenshot(alice.page, 'offline-alice.png')
     await screenshot(bob.page, 'offline-bob.png')
   })
+})
+
+/** Updates y-indexeddb holds for the page's document (`?offline=1`). */
+const storedUpdates = page => page.evaluate(() => new Promise((resolve, reject) => {
+  const open = indexedDB.open(window.yserveDemo.provider.persistence.name)
+  open.onerror = () => reject(open.error)
+  open.onsuccess = () => {
+    const count = open.result.transaction('updates').objectStore('updates').count()
+    count.onsuccess = () => { open.result.close(); resolve(count.result) }
+    count.onerror = () => reject(count.error)
+  }
+}))
+
+test('with ?offline=1, an edit typed offline survives closing the tab and reaches the server when the page is opened again', async () => {
+  const doc = 'offline-tab'
+  const first = await openDemo(browser, server, { doc, name: 'Alice', offline: true })
+  const { context } = first
+  try {
+    await focusEditor(first.page, 'end')
+    await first.page.keyboard.type('online part')
+    await first.page.waitForFunction(() => document.getElementById('unsynced').dataset.unsynced === '0')
+    await waitForRest(doc, 'online part')
+
+    await context.setOffline(true)
+    await first.page.waitForFunction(() => document.getElementById('status').dataset.status === 'offline')
+    const before = await storedUpdates(first.page)
+    const typed = ' + typed offline'
+    await focusEditor(first.page, 'end')
+    await first.page.keyboard.type(typed)
+    // One Yjs update per keystroke, each stored by y-indexeddb: wait until all are on disk.
+    const deadline = Date.now() + TIMEOUT_MS
+    while (await storedUpdates(first.page) < before + typed.length) {
+      assert.ok(Date.now() < deadline, 'y-indexeddb to store the offline keystrokes')
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    assert.deepEqual(first.errors, [], 'the page logged errors')
+    await first.page.close()
+    assert.equal((await restText(doc)).text, 'online part', 'the server never got the offline edit')
+
+    // Back online, the same person opens the page again: the edit comes out of IndexedDB and
+    // goes to the server.
+    await context.setOffline(false)
+    const again = await openDemo(browser, server, { doc, name: 'Alice', offline: true, context })
+    await waitForText(again.page, 'online part' + typed, 'the reopened page')
+    await again.page.waitForFunction(() => document.getElementById('unsynced').dataset.unsynced === '0')
+    await waitForRest(doc, 'online part' + typed)
+    assert.deepEqual(again.errors, [], 'the reopened page logged errors')
+  } finally {
+    await context.close()
+  }
 })
 
 test('the OT textarea edits the same text and keeps its caret through remote edits', async () => {

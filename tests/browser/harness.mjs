@@ -57,18 +57,19 @@ async function serveDemoFromDir (context, server) {
 
 /**
  * A demo page in its own browser context (its own storage: a separate person), with every
- * page error and console error collected in `errors`.
+ * page error and console error collected in `errors`. `context`: open it in that context
+ * instead (the same person again, with the same IndexedDB); `offline`: `?offline=1`.
  */
-export async function openDemo (browser, server, { doc, name, token }) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 760 } })
-  await serveDemoFromDir(context, server)
+export async function openDemo (browser, server, { doc, name, token, offline = false, context: reuse }) {
+  const context = reuse ?? await browser.newContext({ viewport: { width: 1280, height: 760 } })
+  if (!reuse) await serveDemoFromDir(context, server)
   const page = await context.newPage()
   const errors = []
   page.on('pageerror', e => errors.push(`pageerror: ${e.stack || e.message}`))
   page.on('console', m => { if (m.type() === 'error') errors.push(`console.error: ${m.text()}`) })
   page.on('requestfailed', r => errors.push(`request failed: ${r.url()} ${r.failure()?.errorText}`))
   page.setDefaultTimeout(TIMEOUT_MS)
-  const query = new URLSearchParams({ doc, ...(token ? { token } : {}) })
+  const query = new URLSearchParams({ doc, ...(token ? { token } : {}), ...(offline ? { offline: '1' } : {}) })
   const response = await page.goto(`${server.http}/?${query}`)
   if (!response.ok()) throw new Error(`GET / answered ${response.status()}`)
   // Both panels connected: the Yjs provider synced and the OT text open.
