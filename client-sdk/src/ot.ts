@@ -65,6 +65,8 @@ class ReconnectingSocket {
   onerror: ((event: any) => void) | null = null
   private ws: WebSocketLike | null = null
   private closed = false
+  /** `pause()`d: no socket and no reconnection until `resume()`. */
+  private paused = false
   private attempts = 0
   private timer: ReturnType<typeof setTimeout> | null = null
 
@@ -98,9 +100,39 @@ class ReconnectingSocket {
     this.onclose?.('closed')
   }
 
+  /**
+   * Closes the current socket without closing for good: ShareDB goes to `disconnected` and
+   * keeps what is submitted meanwhile for `resume()`.
+   */
+  pause (): void {
+    if (this.closed || this.paused) return
+    this.paused = true
+    if (this.timer !== null) {
+      clearTimeout(this.timer)
+      this.timer = null
+    }
+    const ws = this.ws
+    this.ws = null
+    const wasOpen = this.readyState === ReadyState.OPEN
+    this.readyState = ReadyState.CONNECTING
+    if (ws !== null) {
+      ws.onopen = ws.onmessage = ws.onclose = null
+      ws.onerror = () => {}
+      ws.close()
+    }
+    if (wasOpen) this.onclose?.({ code: 1000, reason: 'disconnect() called' })
+  }
+
+  resume (): void {
+    if (this.closed || !this.paused) return
+    this.paused = false
+    this.attempts = 0
+    this.open()
+  }
+
   private open (): void {
     resolveToken(this.token).then(token => {
-      if (this.closed) return
+      if (this.closed || this.paused) return
       let ws: WebSocketLike
       try {
         ws = new this.Impl(withToken(this.url, token))
@@ -138,7 +170,7 @@ class ReconnectingSocket {
   }
 
   private retry (): void {
-    if (this.closed) return
+    if (this.closed || this.paused) return
     const wait = Math.min(100 * 2 ** this.attempts, this.maxBackoffTime)
     this.attempts++
     this.timer = setTimeout(() => { this.timer = null; this.open() }, wait)
@@ -185,6 +217,19 @@ export class OtClient extends ObservableV2<OtClientEvents> {
     const text = new OtText(doc, () => this.texts.delete(doc))
     this.texts.set(doc, text)
     return text
+  }
+
+  /**
+   * Disconnects until `connect()`: no reconnection meanwhile. Edits made while disconnected
+   * apply locally and are sent (once) when connected again, as after a dropped connection.
+   */
+  disconnect (): void {
+    this.socket.pause()
+  }
+
+  /** Connects again after `disconnect()` (a new connection, with a fresh token). */
+  connect (): void {
+    this.socket.resume()
   }
 
   /** Closes the connection for good. */

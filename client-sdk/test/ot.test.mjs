@@ -208,6 +208,31 @@ test('names with dot segments need no care over OT: they travel inside JSON mess
   }
 })
 
+test('disconnect() holds edits locally without reconnecting; connect() sends them once', async () => {
+  const ot = new OtClient(server.url, { WebSocket, maxBackoffTime: 100 })
+  const api = new ApiClient(server.http)
+  try {
+    const text = await ot.openText('ot-pause', 't')
+    await text.insert(0, 'online')
+    ot.disconnect()
+    await waitFor(() => ot.state === 'disconnected', () => `disconnected (state ${ot.state})`)
+    const acked = text.insert(6, ' + while disconnected')
+    assert.equal(text.value, 'online + while disconnected', 'applied locally at once')
+    // Well past the backoff: a paused client does not reconnect by itself.
+    await new Promise(resolve => setTimeout(resolve, 500))
+    assert.equal(ot.state, 'disconnected')
+    assert.equal((await api.text('ot-pause', 't')).text, 'online', 'the server has not seen it')
+    ot.connect()
+    await within(acked, 15000, 'the op acknowledged after connect()')
+    assert.equal(ot.state, 'connected')
+    const got = await api.text('ot-pause', 't')
+    assert.equal(got.text, 'online + while disconnected')
+    assert.equal(got.v, text.version, 'one version per op: nothing applied twice')
+  } finally {
+    ot.close()
+  }
+})
+
 test('closing the OT client stops it for good', async () => {
   const srv = await new Server().start()
   try {
