@@ -38,6 +38,7 @@ fn ot_session_settings(config: &Config) -> OtSessionSettings {
         idle_timeout: yjs.idle_timeout,
         op_limits: config.ot_op_limits(),
         docs_max: config.ot_docs_per_connection_max.max(1),
+        presence_bytes_max: config.awareness_state_bytes_max,
     }
 }
 

@@ -57,6 +57,15 @@ pub enum OtKind {
         src: Arc<str>,
     },
     Unsubscribe,
+    /// A doc presence (cursor) of connection `src`: transformed to the current version and
+    /// sent to the channel's other subscribers in `hub`, and to the sender as its ack.
+    Presence {
+        msg: sharedb::Presence,
+        src: Arc<str>,
+        hub: Arc<crate::ot::presence::Hub>,
+        /// Echo it to the sender (not for the withdrawals of a leaving connection).
+        ack: bool,
+    },
     /// `v: None` means "at the current version" (ShareDB).
     Submit {
         v: Option<u64>,
@@ -257,6 +266,25 @@ impl DocActor {
                 }
                 Ok(OtReply::Unsubscribed)
             }
+            OtKind::Presence { msg, src, hub, ack } => match (self.ot_text(&text).await, &reply) {
+                (Ok(()), OtReplyTo::Wire { outbox, .. }) => {
+                    let seq = &self.ot.texts[&text].seq;
+                    let (v, p) = presence_to_latest(seq, msg.v, &msg.p, &src);
+                    let peers = hub.peers(&msg.ch, &src);
+                    let frame = Bytes::from(sharedb::presence(&sharedb::Presence { v, p, ..msg }, &src));
+                    let mut frames: Vec<(OutboxPeer, Bytes)> =
+                        peers.into_iter().map(|peer| (peer, frame.clone())).collect();
+                    // The sender's acknowledgement is the presence as relayed (ShareDB's reply).
+                    if ack {
+                        frames.push((outbox.clone(), frame));
+                    }
+                    // Behind the ops before it, so that no receiver sees a `v` ahead of its text.
+                    self.park(Parked::Peers(frames));
+                    return;
+                }
+                (Ok(()), OtReplyTo::Rest(_)) => Err(OtError::BadMessage("presence is not served over REST".into())),
+                (Err(e), _) => Err(e),
+            },
             OtKind::Submit { v, src, seq, op, writable } => {
                 let result = self.ot_submit(&text, v, src, seq, op, writable, &user).await;
                 if let Err(e) = &result {
@@ -430,8 +458,13 @@ impl DocActor {
                         .collect(),
                     Ok(OtReply::Unsubscribed) => vec![sharedb::empty_reply(action, c, text)],
                     Err(e) => {
-                        let echo =
-                            if action == "op" { echo } else { serde_json::json!({"a": action, "c": c, "d": text}) };
+                        // An op's or a presence's error echoes the request: the client matches
+                        // it by `seq` (op) or by `ch` and `id` (presence).
+                        let echo = if action == "op" || action == "p" {
+                            echo
+                        } else {
+                            serde_json::json!({"a": action, "c": c, "d": text})
+                        };
                         vec![sharedb::error_reply(echo, &e)]
                     }
                 };
@@ -479,8 +512,79 @@ fn op_frames(doc: &str, text: &str, t: &OtText, logged: &LoggedOp) -> Vec<(Outbo
     t.subscribers.values().filter(|s| s.src != logged.src).map(|s| (s.outbox.clone(), frame.clone())).collect()
 }
 
+/// ShareDB's `transformPresenceToLatestVersion` for rich-text: a presence `p` sent at `v`,
+/// moved through every op since (rich-text's `transformPresence`: both ends of the range,
+/// an insert at a boundary pushes it unless the op is the presence owner's own), and the
+/// version it is now at. `null` stays `null` at the current version. A `v` the log cannot
+/// bridge (ahead, or older than the ops kept) is left as sent, and the client sorts it out
+/// (it fetches, or asks for presence again); so is a value that is not an `{index, length}`.
+pub(crate) fn presence_to_latest(seq: &Sequencer, v: Option<u64>, p: &Value, src: &str) -> (Option<u64>, Value) {
+    let current = seq.version();
+    if p.is_null() {
+        return (Some(current), Value::Null);
+    }
+    let Some(from) = v else { return (Some(current), p.clone()) };
+    let range = p.get("index").and_then(Value::as_u64).zip(p.get("length").and_then(Value::as_u64));
+    let (Some((mut index, length)), Ok(ops)) = (range, seq.ops_since(from)) else {
+        return (v, p.clone());
+    };
+    let mut end = index.saturating_add(length);
+    for op in ops {
+        let own = &*op.src == src;
+        index = op.op.transform_position(index, !own);
+        end = op.op.transform_position(end, !own);
+    }
+    let mut moved = p.clone();
+    moved["index"] = index.into();
+    moved["length"] = end.saturating_sub(index).into();
+    (Some(current), moved)
+}
+
 /// Unique enough to tell two sequencer lifetimes of one text apart.
 fn new_epoch() -> Arc<str> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("{nanos:x}").into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A text at version 3: "abc" inserted at 0 by `other`, then "X" at 1 by `me`.
+    fn sequencer() -> Sequencer {
+        let mut seq = Sequencer::new("e".into(), FIRST_VERSION, Vec::new(), 100);
+        for (src, op) in [("other", json!([{"insert": "abc"}])), ("me", json!([{"retain": 1}, {"insert": "X"}]))] {
+            seq.commit(src.into(), 1, Delta::from_json(&op, &STORED).unwrap());
+        }
+        seq
+    }
+
+    #[test]
+    fn a_stale_range_moves_through_every_later_op_and_keeps_its_other_fields() {
+        let seq = sequencer();
+        assert_eq!(seq.version(), 3);
+        // A cursor at 0 of the empty text (v1), with another field.
+        let (v, p) = presence_to_latest(&seq, Some(1), &json!({"index": 0, "length": 0, "name": "me"}), "me");
+        // Another's insert at the cursor does not push it; my "X" at 1 is after it.
+        assert_eq!((v, p), (Some(3), json!({"index": 0, "length": 0, "name": "me"})));
+        let (v, p) = presence_to_latest(&seq, Some(2), &json!({"index": 1, "length": 2}), "me");
+        assert_eq!((v, p), (Some(3), json!({"index": 2, "length": 2})), "my own insert at the start pushes it");
+        let (v, p) = presence_to_latest(&seq, Some(2), &json!({"index": 1, "length": 2}), "someone");
+        assert_eq!((v, p), (Some(3), json!({"index": 1, "length": 3})), "another's insert at the start does not");
+        let (v, p) = presence_to_latest(&seq, Some(3), &json!({"index": 4, "length": 0}), "me");
+        assert_eq!((v, p), (Some(3), json!({"index": 4, "length": 0})), "up to date: unchanged");
+    }
+
+    #[test]
+    fn a_withdrawal_is_at_the_current_version_and_what_cannot_be_moved_is_left_as_sent() {
+        let seq = sequencer();
+        assert_eq!(presence_to_latest(&seq, Some(1), &Value::Null, "me"), (Some(3), Value::Null));
+        assert_eq!(presence_to_latest(&seq, None, &Value::Null, "me"), (Some(3), Value::Null));
+        let range = json!({"index": 1, "length": 0});
+        assert_eq!(presence_to_latest(&seq, Some(9), &range, "me"), (Some(9), range.clone()), "ahead of the text");
+        assert_eq!(presence_to_latest(&seq, Some(0), &range, "me"), (Some(0), range.clone()), "older than the log");
+        let odd = json!({"index": -1, "length": 0});
+        assert_eq!(presence_to_latest(&seq, Some(1), &odd, "me"), (Some(1), odd.clone()), "not a range");
+    }
 }

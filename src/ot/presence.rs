@@ -10,9 +10,12 @@
 //! - When a connection unsubscribes or ends, a `p: null` goes out for every presence it sent
 //!   on that channel, so nobody keeps a dead cursor.
 //!
-//! Presence is relayed as sent: the server does not transform it to the latest version. The
-//! stock client transforms a presence whose `v` is behind its document (and fetches when it is
-//! ahead), which is why ShareDB's own transform is an optimisation we can leave out.
+//! Doc presence (with `c`/`d`) goes through the document actor, as ShareDB's
+//! `transformPresenceToLatestVersion`: a `{index, length}` range is transformed through every
+//! op since its `v` (rich-text's `transformPresence`), and sent at the text's current version,
+//! parked behind the ops before it. A withdrawal (`p: null`) gets the current version too: the
+//! stock client ignores a presence older than its document until a newer one comes, and a
+//! withdrawn client sends none. Presence on other channels is relayed as sent.
 //!
 //! Channels are per document: `{collection}.{id}`, as `DocPresence` names them. A connection
 //! needs a grant on every document a channel could name (each prefix before a `.` that is a
@@ -74,14 +77,25 @@ impl Hub {
     /// Writes `frame` to every subscriber of `channel` whose client id is not `src`. The
     /// writes happen outside the lock (each one may be a syscall).
     pub fn broadcast(&self, channel: &str, src: &str, frame: Bytes) {
-        let peers: Vec<OutboxPeer> = {
-            let channels = self.channels.lock().expect("presence hub lock");
-            let Some(members) = channels.get(channel) else { return };
-            members.values().filter(|m| &*m.src != src).map(|m| m.peer.clone()).collect()
-        };
-        for peer in peers {
+        for peer in self.peers(channel, src) {
             // A consumer too slow for its queue is closed with 1013 by its outbox.
             let _ = peer.send(frame.clone());
+        }
+    }
+
+    /// The subscribers of `channel` whose client id is not `src` (ShareDB does not send a
+    /// presence back to its own client as a remote one).
+    pub fn peers(&self, channel: &str, src: &str) -> Vec<OutboxPeer> {
+        let channels = self.channels.lock().expect("presence hub lock");
+        let Some(members) = channels.get(channel) else { return Vec::new() };
+        members.values().filter(|m| &*m.src != src).map(|m| m.peer.clone()).collect()
+    }
+
+    /// `conn`'s client id changed (a handshake handed back an earlier one).
+    pub fn rename(&self, channel: &str, conn: ConnId, src: &Arc<str>) {
+        let mut channels = self.channels.lock().expect("presence hub lock");
+        if let Some(member) = channels.get_mut(channel).and_then(|members| members.get_mut(&conn)) {
+            member.src = src.clone();
         }
     }
 

@@ -41,8 +41,10 @@ pub struct OtSessionSettings {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub op_limits: DeltaLimits,
-    /// Documents one connection may have open at once.
+    /// Documents one connection may have open at once (and presence channels).
     pub docs_max: usize,
+    /// Largest presence value (`p`, as JSON) accepted; the awareness-state bound.
+    pub presence_bytes_max: usize,
 }
 
 pub struct OtSessionParams {
@@ -65,6 +67,9 @@ struct Session {
     identity: Identity,
     /// The client id: the `src` of this connection's ops.
     src: Arc<str>,
+    /// The id this connection was given; `src` differs after a handshake that handed back
+    /// an earlier one (a reconnecting client).
+    own_id: Arc<str>,
     registry: Arc<Registry>,
     docs: HashMap<DocName, Attachment>,
     peer: OutboxPeer,
@@ -72,17 +77,20 @@ struct Session {
     presence: Arc<Hub>,
     /// Presence channels this connection is subscribed to.
     subscribed: HashSet<Arc<str>>,
-    /// The last presence this connection sent per channel and presence id (non-null ones
-    /// only): withdrawn (`p: null`) for the others when it unsubscribes or ends.
+    /// What it takes to withdraw each presence this connection has shown, per channel and
+    /// presence id: the last message with `p` set to null (its value is not kept). Sent to
+    /// the others when the connection unsubscribes or ends.
     sent: HashMap<Arc<str>, HashMap<String, Presence>>,
 }
 
 pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, params: OtSessionParams) {
     let OtSessionParams { conn, sessions, identity, expires_in, permit, limiter, settings, outbox, sender, presence } =
         params;
+    let own_id: Arc<str> = client_id(conn).into();
     let mut session = Session {
         conn,
-        src: client_id(conn).into(),
+        src: own_id.clone(),
+        own_id,
         identity,
         registry,
         docs: HashMap::new(),
@@ -155,6 +163,7 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
             }
         }
     }
+    session.leave().await;
     outbox.close();
     drop(session);
     if let Some(reason) = refusal {
@@ -201,6 +210,9 @@ impl Session {
                 // re-sends keep their `src` (ShareDB's agent does the same).
                 if let Some(id) = id.filter(|id| sharedb::valid_src(id)) {
                     self.src = id.into();
+                    for ch in &self.subscribed {
+                        self.presence.rename(ch, self.conn, &self.src);
+                    }
                 }
                 self.reply(sharedb::handshake(&self.src));
             }
@@ -213,18 +225,25 @@ impl Session {
             Request::Unsubscribe { c, d } => self.forward(&c, &d, "u", echo, OtKind::Unsubscribe).await,
             Request::PresenceSubscribe { ch, seq } => {
                 let ch: Arc<str> = ch.into();
-                if let Err(e) = self.presence_allowed(&ch, !self.subscribed.contains(&ch)) {
+                let new = !self.subscribed.contains(&ch) && !self.sent.contains_key(&ch);
+                if let Err(e) = self.presence_allowed(&ch, new) {
                     return self.reply(sharedb::error_reply(echo.clone(), &e));
                 }
                 self.subscribed.insert(ch.clone());
                 self.presence.subscribe(&ch, self.conn, &self.src, self.peer.clone());
                 self.reply(sharedb::presence_subscription_reply("ps", &ch, seq));
+                // As sharedb's agent, whose request carries the connection's own id: a client
+                // that reconnected (and handed back its old id) is asked to resend as well, so
+                // the others see its cursor again.
+                if self.own_id != self.src {
+                    self.reply(serde_json::json!({"a": "pr", "ch": &*ch}).to_string());
+                }
             }
             Request::PresenceUnsubscribe { ch, seq } => {
                 if self.subscribed.remove(ch.as_str()) {
                     self.presence.unsubscribe(&ch, self.conn);
                 }
-                self.withdraw(&ch);
+                self.withdraw(&ch).await;
                 self.reply(sharedb::presence_subscription_reply("pu", &ch, seq));
             }
             Request::PresenceRequest { ch } => match self.presence_allowed(&ch, false) {
@@ -234,10 +253,9 @@ impl Session {
             Request::Presence(msg) => {
                 if let Err(e) = self.check_presence(&msg) {
                     METRICS.refused(e.code());
+                    tracing::info!(conn = self.conn, user = %self.identity.user, channel = %msg.ch, code = e.code(), error = %e, "presence refused");
                     return self.reply(sharedb::error_reply(echo.clone(), &e));
                 }
-                let frame = Bytes::from(sharedb::presence(&msg, &self.src));
-                self.presence.broadcast(&msg.ch, &self.src, frame.clone());
                 let channel = self.sent.entry(msg.ch.as_str().into()).or_default();
                 if msg.p.is_null() {
                     channel.remove(&msg.id);
@@ -245,10 +263,9 @@ impl Session {
                         self.sent.remove(msg.ch.as_str());
                     }
                 } else {
-                    channel.insert(msg.id.clone(), msg);
+                    channel.insert(msg.id.clone(), Presence { p: Value::Null, ..msg.clone() });
                 }
-                // The sender's acknowledgement is the message as relayed (ShareDB's reply).
-                let _ = self.peer.send(frame);
+                self.send_presence(msg, echo, true).await;
             }
             Request::Op { c, d, v, src, seq, body } => {
                 let op = match body {
@@ -293,6 +310,32 @@ impl Session {
         Ok(())
     }
 
+    /// Doc presence goes through its document, which moves it to the text's current version
+    /// (`document::ot`); other channels' presence is relayed as sent. `ack`: echo it to this
+    /// connection, as ShareDB replies to a presence.
+    async fn send_presence(&mut self, msg: Presence, echo: &Value, ack: bool) {
+        if let (Some(c), Some(d)) = (msg.c.clone(), msg.d.clone()) {
+            let kind = OtKind::Presence { msg, src: self.src.clone(), hub: self.presence.clone(), ack };
+            return self.forward(&c, &d, "p", echo, kind).await;
+        }
+        let frame = Bytes::from(sharedb::presence(&msg, &self.src));
+        self.presence.broadcast(&msg.ch, &self.src, frame.clone());
+        if ack {
+            let _ = self.peer.send(frame);
+        }
+    }
+
+    /// Before the connection goes: out of every channel, and its presences withdrawn.
+    async fn leave(&mut self) {
+        for ch in std::mem::take(&mut self.subscribed) {
+            self.presence.unsubscribe(&ch, self.conn);
+        }
+        let channels: Vec<Arc<str>> = self.sent.keys().cloned().collect();
+        for ch in channels {
+            self.withdraw(&ch).await;
+        }
+    }
+
     fn check_presence(&self, msg: &Presence) -> Result<(), OtError> {
         match (&msg.c, &msg.d) {
             (None, None) => {}
@@ -301,6 +344,13 @@ impl Session {
         }
         if let Some(t) = msg.t.as_deref().filter(|t| *t != sharedb::RICH_TEXT_URI) {
             return Err(OtError::PresenceType(t.to_owned()));
+        }
+        let bytes = msg.p.to_string().len();
+        if bytes > self.settings.presence_bytes_max {
+            return Err(OtError::BadMessage(format!(
+                "presence value too big ({bytes} bytes, max {})",
+                self.settings.presence_bytes_max
+            )));
         }
         let known = self.sent.get(msg.ch.as_str());
         self.presence_allowed(&msg.ch, known.is_none() && !self.subscribed.contains(msg.ch.as_str()))?;
@@ -313,17 +363,17 @@ impl Session {
     }
 
     /// Tells the channel's other subscribers that this connection's presences there are gone.
-    fn withdraw(&mut self, ch: &str) {
-        for (_, mut msg) in self.sent.remove(ch).into_iter().flatten() {
-            msg.p = Value::Null;
-            self.presence.broadcast(ch, &self.src, Bytes::from(sharedb::presence(&msg, &self.src)));
+    async fn withdraw(&mut self, ch: &str) {
+        for (id, msg) in self.sent.remove(ch).into_iter().flatten() {
+            let echo = serde_json::json!({"a": "p", "ch": ch, "id": id});
+            self.send_presence(msg, &echo, false).await;
         }
     }
 
     /// Sends a request to the document `c`; its actor replies through this connection's outbox.
     async fn forward(&mut self, c: &str, d: &str, action: &'static str, echo: &Value, kind: OtKind) {
         let error_echo = || {
-            if action == "op" {
+            if action == "op" || action == "p" {
                 echo.clone()
             } else {
                 serde_json::json!({"a": action, "c": c, "d": d})
@@ -382,14 +432,16 @@ impl Session {
 }
 
 impl Drop for Session {
-    /// However the connection ends, its presence subscriptions go and its cursors are withdrawn.
+    /// A session that did not `leave()` (its task panicked) still leaves every channel, and
+    /// its cursors are withdrawn as sent (possibly at an old version: better than a ghost).
     fn drop(&mut self) {
         for ch in std::mem::take(&mut self.subscribed) {
             self.presence.unsubscribe(&ch, self.conn);
         }
-        let channels: Vec<Arc<str>> = self.sent.keys().cloned().collect();
-        for ch in channels {
-            self.withdraw(&ch);
+        for (ch, ids) in std::mem::take(&mut self.sent) {
+            for msg in ids.into_values() {
+                self.presence.broadcast(&ch, &self.src, Bytes::from(sharedb::presence(&msg, &self.src)));
+            }
         }
     }
 }

@@ -782,6 +782,103 @@ test('sharedb presence: cursors reach the other clients, late subscribers get th
   }
 })
 
+test('sharedb presence: a dropped client\'s cursor is withdrawn even when ops came after its last move (the withdrawal is at the current version)', async () => {
+  const name = 'ot-presence-ghost'
+  const [a, b] = [shareConnection(), shareConnection()]
+  try {
+    const [da, db] = [a, b].map(sc => sc.connection.get(name, 't'))
+    for (const d of [da, db]) await subscribe(d)
+    await submit(da, new Delta().insert('hello world'))
+    await waitFor(() => db.version === da.version, 'b has a\'s op')
+    const [pa, pb] = [a, b].map(sc => sc.connection.getDocPresence(name, 't'))
+    await callback(cb => pa.subscribe(cb))
+    await callback(cb => pb.subscribe(cb))
+    await callback(cb => pa.create('cursor-a').submit({ index: 6, length: 0 }, cb))
+    await waitFor(() => pb.remotePresences['cursor-a'], 'b sees a\'s cursor')
+    // b types: a's cursor was last sent at an older version than b's text now has.
+    await submit(db, new Delta().insert('>> '))
+    await waitFor(() => pb.remotePresences['cursor-a']?.index === 9, 'b moved a\'s cursor')
+    a.socket._socket.destroy()
+    await waitFor(() => !('cursor-a' in pb.remotePresences), () => `b still shows a's cursor ${JSON.stringify(pb.remotePresences)}`)
+    assert.deepEqual(b.errors, [])
+  } finally {
+    for (const sc of [a, b]) sc.close()
+  }
+})
+
+test('sharedb presence: a stale cursor is moved through the ops since its version before anyone sees it (server-side transform)', async () => {
+  const name = 'ot-presence-stale'
+  const b = shareConnection()
+  const raw = await rawSocket(server, '/api/ot')
+  try {
+    const db = b.connection.get(name, 't')
+    await subscribe(db)
+    await submit(db, new Delta().insert('>world'))
+    const at = db.version
+    const pb = b.connection.getDocPresence(name, 't')
+    await callback(cb => pb.subscribe(cb))
+    const relayed = []
+    b.connection.on('receive', request => { if (request.data.a === 'p') relayed.push(structuredClone(request.data)) })
+    // Someone edits before 'world'...
+    await submit(db, new Delta().insert('hello, '))
+    // ... and a client that has not seen it yet shows a selection of 'world' at the old version.
+    raw.ws.send(JSON.stringify({ a: 'hs', protocol: 1, protocolMinor: 2 }))
+    raw.ws.send(JSON.stringify({ a: 'p', ch: `${name}.t`, c: name, d: 't', v: at, t: richText.type.uri, id: 'stale', pv: 0, p: { index: 1, length: 5 } }))
+    await waitFor(() => pb.remotePresences.stale, () => `b sees ${JSON.stringify(pb.remotePresences)}`)
+    assert.deepEqual(pb.remotePresences.stale, { index: 8, length: 5 }, 'the selection still covers "world"')
+    const [message] = relayed
+    assert.equal(message.v, db.version, `relayed at the text's current version: ${JSON.stringify(message)}`)
+    assert.deepEqual(message.p, { index: 8, length: 5 }, 'moved by the server, not by the client')
+  } finally {
+    raw.ws.close()
+    b.close()
+  }
+})
+
+test('sharedb presence: after a client reconnects with the same Connection, the others see its cursor again', async () => {
+  const name = 'ot-presence-reconnect'
+  const [a, b] = [shareConnection(), shareConnection()]
+  try {
+    const [da, db] = [a, b].map(sc => sc.connection.get(name, 't'))
+    for (const d of [da, db]) await subscribe(d)
+    const [pa, pb] = [a, b].map(sc => sc.connection.getDocPresence(name, 't'))
+    await callback(cb => pa.subscribe(cb))
+    await callback(cb => pb.subscribe(cb))
+    await callback(cb => pa.create('cursor-a').submit({ index: 0, length: 0 }, cb))
+    await waitFor(() => pb.remotePresences['cursor-a'], 'b sees a\'s cursor')
+    let withdrawn = false
+    pb.on('receive', (id, value) => { if (id === 'cursor-a' && value === null) withdrawn = true })
+    a.socket._socket.destroy()
+    // The old connection's withdrawal comes first (the server notices the drop), ...
+    await waitFor(() => withdrawn, 'the old connection\'s cursor withdrawn')
+    await reconnect(a)
+    await waitFor(() => pa.subscribed, 'a resubscribed its presence')
+    // ... then the reconnected client is asked to resend, and b sees the cursor again.
+    await waitFor(() => pb.remotePresences['cursor-a'], () => `b lost a's cursor after a reconnected: ${JSON.stringify(pb.remotePresences)}`)
+  } finally {
+    for (const sc of [a, b]) sc.close()
+  }
+})
+
+test('sharedb presence: a second handshake renames the connection in its channels, so its own presence is not sent back to it', async () => {
+  const raw = await rawSocket(server, '/api/ot')
+  const got = []
+  raw.ws.on('message', data => got.push(JSON.parse(data.toString())))
+  try {
+    raw.ws.send(JSON.stringify({ a: 'hs', id: 'first' }))
+    raw.ws.send(JSON.stringify({ a: 'ps', ch: 'rename.t', seq: 1 }))
+    raw.ws.send(JSON.stringify({ a: 'hs', id: 'second' }))
+    raw.ws.send(JSON.stringify({ a: 'p', ch: 'rename.t', id: 'x', pv: 0, p: { index: 0 } }))
+    raw.ws.send(JSON.stringify({ a: 'pp' }))
+    // The session handles frames in order and relays without a document here, so whatever the
+    // presence caused is written before the pong.
+    await waitFor(() => got.some(m => m.a === 'pp'), 'pong')
+    assert.deepEqual(got.filter(m => m.a === 'p').map(m => m.src), ['second'], 'only the ack, once: ' + JSON.stringify(got))
+  } finally {
+    raw.ws.close()
+  }
+})
+
 test('sharedb presence refusals: no grant, no document, a mismatched channel, another type and too many ids or channels get error replies; the connection keeps working', async () => {
   const secret = 's3cret'
   const token = (sub, grant) => execFileSync(binaryPath(), ['token', '--jwt-secret', secret, '--sub', sub, '--doc', grant, '--ttl', '1h']).toString().trim()
@@ -823,7 +920,12 @@ test('sharedb presence refusals: no grant, no document, a mismatched channel, an
     const ok = await ask({ a: 'p', ch: 'pres1.t', id: 'id16', pv: 0, p: { index: 0 } }, m => m.a === 'p' && m.id === 'id16')
     assert.equal(ok.error, undefined)
 
+    // A presence value is bounded like an awareness state (64 KiB by default).
+    await refused({ a: 'p', ch: 'pres1.t', id: 'big', pv: 0, p: { index: 0, name: 'x'.repeat(70000) } }, 'ERR_MESSAGE_BADLY_FORMED', /presence value too big/)
+
     // Two channels per connection here (--ot-docs-per-connection-max 2): pres1.t is one.
+    // Subscribing to a channel it already sent presence on opens nothing new.
+    assert.deepEqual(await ask({ a: 'ps', ch: 'pres1.t', seq: 2 }, m => m.a === 'ps'), { a: 'ps', ch: 'pres1.t', seq: 2 })
     assert.deepEqual(await ask({ a: 'ps', ch: 'pres2.t', seq: 3 }, m => m.a === 'ps'), { a: 'ps', ch: 'pres2.t', seq: 3 })
     await refused({ a: 'ps', ch: 'pres3.t', seq: 4 }, 'ERR_MESSAGE_BADLY_FORMED', /too many presence channels/)
     assert.deepEqual(await ask({ a: 'pu', ch: 'pres2.t', seq: 5 }, m => m.a === 'pu'), { a: 'pu', ch: 'pres2.t', seq: 5 })
