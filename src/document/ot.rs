@@ -266,10 +266,17 @@ impl DocActor {
                 }
                 Ok(OtReply::Unsubscribed)
             }
-            OtKind::Presence { msg, src, hub, ack } => match (self.ot_text(&text).await, &reply) {
+            OtKind::Presence { msg, src, hub, ack } => match (
+                // A withdrawal does not create (and store) a sequencer.
+                if msg.p.is_null() { Ok(()) } else { self.ot_text(&text).await },
+                &reply,
+            ) {
+                (Err(_), _) if !ack => return,
                 (Ok(()), OtReplyTo::Wire { outbox, .. }) => {
-                    let seq = &self.ot.texts[&text].seq;
-                    let (v, p) = presence_to_latest(seq, msg.v, &msg.p, &src);
+                    let (v, p) = match self.ot.texts.get(&text) {
+                        Some(t) => presence_to_latest(&t.seq, msg.v, &msg.p, &src),
+                        None => (msg.v, msg.p.clone()),
+                    };
                     let peers = hub.peers(&msg.ch, &src);
                     let frame = Bytes::from(sharedb::presence(&sharedb::Presence { v, p, ..msg }, &src));
                     let mut frames: Vec<(OutboxPeer, Bytes)> =

@@ -315,6 +315,28 @@ impl Session {
     /// connection, as ShareDB replies to a presence.
     async fn send_presence(&mut self, msg: Presence, echo: &Value, ack: bool) {
         if let (Some(c), Some(d)) = (msg.c.clone(), msg.d.clone()) {
+            if !ack {
+                // A withdrawal never loads a document nor answers with an error: through the
+                // live actor if there is one, else relayed as kept.
+                let fallback = Bytes::from(sharedb::presence(&msg, &self.src));
+                let ch = msg.ch.clone();
+                let handle = DocName::new(&c).ok().and_then(|doc| self.docs.get(&doc)).map(|a| a.handle.clone());
+                if let (Some(handle), Ok(text)) = (handle, DocName::new(&d)) {
+                    let kind = OtKind::Presence { msg, src: self.src.clone(), hub: self.presence.clone(), ack };
+                    let reply = OtReplyTo::Wire { outbox: self.peer.clone(), action: "p", echo: echo.clone() };
+                    let request = OtRequest {
+                        conn: self.conn,
+                        user: self.identity.user.clone(),
+                        text: text.as_arc().clone(),
+                        kind,
+                        reply,
+                    };
+                    if handle.try_deliver(DocMsg::Ot(request)).await.is_ok() {
+                        return;
+                    }
+                }
+                return self.presence.broadcast(&ch, &self.src, fallback);
+            }
             let kind = OtKind::Presence { msg, src: self.src.clone(), hub: self.presence.clone(), ack };
             return self.forward(&c, &d, "p", echo, kind).await;
         }

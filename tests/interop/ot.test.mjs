@@ -879,6 +879,58 @@ test('sharedb presence: a second handshake renames the connection in its channel
   }
 })
 
+test('sharedb presence: a document deleted while a client showed a cursor on it stays deleted when the client leaves', async () => {
+  const srv = await new Server().start()
+  const a = shareConnection(srv)
+  const listed = async name => (await rest('GET', '/api/docs', undefined, { srv })).body.documents.some(d => d.name === name)
+  try {
+    const name = 'presence-gone'
+    const doc = a.connection.get(name, 't')
+    await subscribe(doc)
+    await submit(doc, new Delta().insert('hello'))
+    const pa = a.connection.getDocPresence(name, 't')
+    await callback(cb => pa.create('cursor-a').submit({ index: 1, length: 0 }, cb))
+    assert.ok(await listed(name), 'listed before the delete')
+    assert.equal((await rest('DELETE', `/api/docs/${name}`, undefined, { srv })).status, 200)
+    // The client leaves; its withdrawal must not load (and so re-create) the document.
+    a.close()
+    await waitFor(async () => (await rest('GET', '/api/stats', undefined, { srv })).body.connections === 0, 'the session to end')
+    assert.ok(!(await listed(name)), 'the deleted document is back after the client left')
+  } finally {
+    a.close()
+    await srv.dispose()
+  }
+})
+
+test('sharedb presence: at SIGTERM, clients holding cursors get the 1001 close and no error reply', async () => {
+  const srv = await new Server().start()
+  const scs = []
+  const errorReplies = []
+  const emitted = []
+  try {
+    for (let i = 0; i < 20; i++) {
+      const sc = shareConnection(srv)
+      scs.push(sc)
+      sc.connection.on('receive', r => { if (r.data?.error) errorReplies.push(`client ${i}: ${JSON.stringify(r.data)}`) })
+      for (const name of ['sigterm1', 'sigterm2', 'sigterm3']) {
+        await subscribe(sc.connection.get(name, 't'))
+        const presence = sc.connection.getDocPresence(name, 't')
+        await callback(cb => presence.subscribe(cb))
+        const local = presence.create(`c${i}`)
+        local.on('error', e => emitted.push(`client ${i}: ${e.code} ${e.message}`))
+        await callback(cb => local.submit({ index: 0, length: 0 }, cb))
+      }
+    }
+    assert.equal(await srv.stop(), 0, srv.stderr.slice(-2000))
+    await waitFor(() => scs.every(sc => sc.closes.length > 0), 'every socket closed')
+    assert.deepEqual({ errorReplies, emitted }, { errorReplies: [], emitted: [] })
+    for (const sc of scs) assert.match(sc.closes[0], /^1001 /)
+  } finally {
+    for (const sc of scs) sc.close()
+    await srv.dispose()
+  }
+})
+
 test('sharedb presence refusals: no grant, no document, a mismatched channel, another type and too many ids or channels get error replies; the connection keeps working', async () => {
   const secret = 's3cret'
   const token = (sub, grant) => execFileSync(binaryPath(), ['token', '--jwt-secret', secret, '--sub', sub, '--doc', grant, '--ttl', '1h']).toString().trim()
