@@ -70,8 +70,7 @@ impl Hub {
 
     /// Asks every subscriber but `src`'s connections to send their presence again.
     pub fn request(&self, channel: &str, src: &str) {
-        let frame = serde_json::json!({"a": "pr", "ch": channel}).to_string();
-        self.broadcast(channel, src, Bytes::from(frame));
+        self.broadcast(channel, src, Bytes::from(crate::ot::sharedb::presence_request(channel)));
     }
 
     /// Writes `frame` to every subscriber of `channel` whose client id is not `src`. The
@@ -97,16 +96,6 @@ impl Hub {
         if let Some(member) = channels.get_mut(channel).and_then(|members| members.get_mut(&conn)) {
             member.src = src.clone();
         }
-    }
-
-    /// Subscribers of `channel`, for tests and metrics.
-    pub fn subscribers(&self, channel: &str) -> usize {
-        self.channels.lock().expect("presence hub lock").get(channel).map_or(0, HashMap::len)
-    }
-
-    /// Channels with at least one subscriber.
-    pub fn channels(&self) -> usize {
-        self.channels.lock().expect("presence hub lock").len()
     }
 }
 

@@ -225,8 +225,7 @@ impl Session {
             Request::Unsubscribe { c, d } => self.forward(&c, &d, "u", echo, OtKind::Unsubscribe).await,
             Request::PresenceSubscribe { ch, seq } => {
                 let ch: Arc<str> = ch.into();
-                let new = !self.subscribed.contains(&ch) && !self.sent.contains_key(&ch);
-                if let Err(e) = self.presence_allowed(&ch, new) {
+                if let Err(e) = self.presence_allowed(&ch, !self.has_channel(&ch)) {
                     return self.reply(sharedb::error_reply(echo.clone(), &e));
                 }
                 self.subscribed.insert(ch.clone());
@@ -236,7 +235,7 @@ impl Session {
                 // that reconnected (and handed back its old id) is asked to resend as well, so
                 // the others see its cursor again.
                 if self.own_id != self.src {
-                    self.reply(serde_json::json!({"a": "pr", "ch": &*ch}).to_string());
+                    self.reply(sharedb::presence_request(&ch));
                 }
             }
             Request::PresenceUnsubscribe { ch, seq } => {
@@ -265,7 +264,7 @@ impl Session {
                 } else {
                     channel.insert(msg.id.clone(), Presence { p: Value::Null, ..msg.clone() });
                 }
-                self.send_presence(msg, echo, true).await;
+                self.send_presence(msg, echo).await;
             }
             Request::Op { c, d, v, src, seq, body } => {
                 let op = match body {
@@ -311,40 +310,33 @@ impl Session {
     }
 
     /// Doc presence goes through its document, which moves it to the text's current version
-    /// (`document::ot`); other channels' presence is relayed as sent. `ack`: echo it to this
-    /// connection, as ShareDB replies to a presence.
-    async fn send_presence(&mut self, msg: Presence, echo: &Value, ack: bool) {
+    /// (`document::ot`) and acknowledges it; other channels' presence is relayed as sent and
+    /// echoed here, as ShareDB replies to a presence.
+    async fn send_presence(&mut self, msg: Presence, echo: &Value) {
         if let (Some(c), Some(d)) = (msg.c.clone(), msg.d.clone()) {
-            if !ack {
-                // A withdrawal never loads a document nor answers with an error: through the
-                // live actor if there is one, else relayed as kept.
-                let fallback = Bytes::from(sharedb::presence(&msg, &self.src));
-                let ch = msg.ch.clone();
-                let handle = DocName::new(&c).ok().and_then(|doc| self.docs.get(&doc)).map(|a| a.handle.clone());
-                if let (Some(handle), Ok(text)) = (handle, DocName::new(&d)) {
-                    let kind = OtKind::Presence { msg, src: self.src.clone(), hub: self.presence.clone(), ack };
-                    let reply = OtReplyTo::Wire { outbox: self.peer.clone(), action: "p", echo: echo.clone() };
-                    let request = OtRequest {
-                        conn: self.conn,
-                        user: self.identity.user.clone(),
-                        text: text.as_arc().clone(),
-                        kind,
-                        reply,
-                    };
-                    if handle.try_deliver(DocMsg::Ot(request)).await.is_ok() {
-                        return;
-                    }
-                }
-                return self.presence.broadcast(&ch, &self.src, fallback);
-            }
-            let kind = OtKind::Presence { msg, src: self.src.clone(), hub: self.presence.clone(), ack };
+            let kind = OtKind::Presence { msg, src: self.src.clone(), hub: self.presence.clone(), ack: true };
             return self.forward(&c, &d, "p", echo, kind).await;
         }
-        let frame = Bytes::from(sharedb::presence(&msg, &self.src));
+        let frame = self.relay_as_sent(&msg);
+        let _ = self.peer.send(frame);
+    }
+
+    /// Relays `msg` to the channel's other subscribers without a document; returns the frame.
+    fn relay_as_sent(&self, msg: &Presence) -> Bytes {
+        let frame = Bytes::from(sharedb::presence(msg, &self.src));
         self.presence.broadcast(&msg.ch, &self.src, frame.clone());
-        if ack {
-            let _ = self.peer.send(frame);
-        }
+        frame
+    }
+
+    /// Whether this connection already uses channel `ch` (subscribed, or shown presence on it).
+    fn has_channel(&self, ch: &str) -> bool {
+        self.subscribed.contains(ch) || self.sent.contains_key(ch)
+    }
+
+    /// The request `forward` and withdrawals send to a document actor.
+    fn ot_request(&self, text: &DocName, action: &'static str, echo: Value, kind: OtKind) -> OtRequest {
+        let reply = OtReplyTo::Wire { outbox: self.peer.clone(), action, echo };
+        OtRequest { conn: self.conn, user: self.identity.user.clone(), text: text.as_arc().clone(), kind, reply }
     }
 
     /// Before the connection goes: out of every channel, and its presences withdrawn.
@@ -374,8 +366,8 @@ impl Session {
                 self.settings.presence_bytes_max
             )));
         }
+        self.presence_allowed(&msg.ch, !self.has_channel(&msg.ch))?;
         let known = self.sent.get(msg.ch.as_str());
-        self.presence_allowed(&msg.ch, known.is_none() && !self.subscribed.contains(msg.ch.as_str()))?;
         if !msg.p.is_null() && known.is_some_and(|ids| !ids.contains_key(&msg.id) && ids.len() >= IDS_PER_CHANNEL_MAX) {
             return Err(OtError::BadMessage(format!(
                 "too many presence ids on one channel (max {IDS_PER_CHANNEL_MAX})"
@@ -385,10 +377,32 @@ impl Session {
     }
 
     /// Tells the channel's other subscribers that this connection's presences there are gone.
+    /// A doc presence is withdrawn through its document (at the text's current version), but
+    /// only one this session is attached to: a withdrawal never loads (or re-creates) a
+    /// document and never answers with an error. Otherwise it is relayed as kept.
     async fn withdraw(&mut self, ch: &str) {
         for (id, msg) in self.sent.remove(ch).into_iter().flatten() {
-            let echo = serde_json::json!({"a": "p", "ch": ch, "id": id});
-            self.send_presence(msg, &echo, false).await;
+            let target = match (&msg.c, &msg.d) {
+                (Some(c), Some(d)) => DocName::new(c)
+                    .ok()
+                    .and_then(|doc| self.docs.get(&doc))
+                    .map(|a| a.handle.clone())
+                    .zip(DocName::new(d).ok()),
+                _ => None,
+            };
+            if let Some((handle, text)) = target {
+                let echo = serde_json::json!({"a": "p", "ch": ch, "id": id});
+                let kind = OtKind::Presence {
+                    msg: msg.clone(),
+                    src: self.src.clone(),
+                    hub: self.presence.clone(),
+                    ack: false,
+                };
+                if handle.try_deliver(DocMsg::Ot(self.ot_request(&text, "p", echo, kind))).await.is_ok() {
+                    continue;
+                }
+            }
+            self.relay_as_sent(&msg);
         }
     }
 
@@ -426,9 +440,7 @@ impl Session {
                 Err(_) => return self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable)),
             }
         }
-        let reply = OtReplyTo::Wire { outbox: self.peer.clone(), action, echo: error_echo() };
-        let mut request =
-            OtRequest { conn: self.conn, user: self.identity.user.clone(), text: text.as_arc().clone(), kind, reply };
+        let mut request = self.ot_request(&text, action, error_echo(), kind);
         // An actor that failed (a commit error) has stopped; a fresh attachment loads the
         // document again from the store. One retry: a second failure is reported.
         for attempt in 0..2 {
@@ -460,10 +472,8 @@ impl Drop for Session {
         for ch in std::mem::take(&mut self.subscribed) {
             self.presence.unsubscribe(&ch, self.conn);
         }
-        for (ch, ids) in std::mem::take(&mut self.sent) {
-            for msg in ids.into_values() {
-                self.presence.broadcast(&ch, &self.src, Bytes::from(sharedb::presence(&msg, &self.src)));
-            }
+        for msg in std::mem::take(&mut self.sent).into_values().flat_map(HashMap::into_values) {
+            self.relay_as_sent(&msg);
         }
     }
 }

@@ -236,6 +236,11 @@ pub fn presence_subscription_reply(action: &str, ch: &str, seq: u64) -> String {
     json!({"a": action, "ch": ch, "seq": seq}).to_string()
 }
 
+/// `pr`: asks a client to send its presence on `ch` again.
+pub fn presence_request(ch: &str) -> String {
+    json!({"a": "pr", "ch": ch}).to_string()
+}
+
 /// A presence as relayed to the channel (and echoed to its sender as the acknowledgement),
 /// with the sender's client id as `src`.
 pub fn presence(msg: &Presence, src: &str) -> String {
