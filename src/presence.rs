@@ -53,14 +53,10 @@ impl Presence {
     pub fn apply(&mut self, conn: ConnId, update: AwarenessUpdate, now: Instant) -> Option<AwarenessUpdate> {
         let mut accepted = HashMap::new();
         for (client, entry) in update.clients {
-            let is_null = &*entry.json == NULL_STATE;
-            let accept = match self.clients.get(&client) {
-                None => true,
-                Some(cur) => cur.clock < entry.clock || (cur.clock == entry.clock && is_null && cur.json.is_some()),
-            };
-            if !accept {
+            if !self.accepts(client, &entry) {
                 continue;
             }
+            let is_null = is_removal(&entry);
             let since = match self.clients.get(&client) {
                 Some(cur) if cur.json.is_some() => cur.since,
                 _ => now,
@@ -78,6 +74,17 @@ impl Presence {
             accepted.insert(client, entry);
         }
         (!accepted.is_empty()).then_some(AwarenessUpdate { clients: accepted })
+    }
+
+    /// Whether `apply` would take this entry: a newer clock, or a same-clock removal of a
+    /// present client.
+    pub fn accepts(&self, client: ClientID, entry: &AwarenessUpdateEntry) -> bool {
+        match self.clients.get(&client) {
+            None => true,
+            Some(cur) => {
+                cur.clock < entry.clock || (cur.clock == entry.clock && is_removal(entry) && cur.json.is_some())
+            }
+        }
     }
 
     /// Removes every client announced by a connection that has ended.
@@ -150,6 +157,11 @@ impl Presence {
         }
         (!removed.is_empty()).then_some(AwarenessUpdate { clients: removed })
     }
+}
+
+/// A `null` state: y-protocols' way of saying the client is gone.
+pub fn is_removal(entry: &AwarenessUpdateEntry) -> bool {
+    &*entry.json == NULL_STATE
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ pub async fn run_on(
         snapshot_updates: config.snapshot_updates.max(1),
         snapshot_bytes: config.snapshot_bytes.max(1),
         awareness_timeout: Duration::from_millis(config.awareness_timeout_ms.max(10)),
+        awareness_clients_max: config.awareness_clients_per_connection_max,
         ot: OtSettings { log_ops_max: config.ot_log_ops_max.max(1), op_limits: config.ot_op_limits() },
     };
     let registry = Registry::new(store.clone(), settings);

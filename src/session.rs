@@ -6,7 +6,6 @@
 //! and are logged with the connection id and document; the document is not involved.
 //! Called by `http` after the upgrade; knows nothing of warp.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,7 +113,6 @@ pub struct SessionSettings {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub awareness_state_bytes_max: usize,
-    pub awareness_clients_max: usize,
 }
 
 impl From<&Config> for SessionSettings {
@@ -125,7 +123,6 @@ impl From<&Config> for SessionSettings {
             ping_interval: Duration::from_millis(c.ping_interval_ms.max(10)),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms.max(10)),
             awareness_state_bytes_max: c.awareness_state_bytes_max,
-            awareness_clients_max: c.awareness_clients_per_connection_max,
         }
     }
 }
@@ -152,7 +149,6 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let mut awareness_clients: HashSet<u64> = HashSet::new();
     let expiry = tokio::time::sleep(expires_in.unwrap_or(Duration::from_secs(10 * 365 * 86_400)));
     tokio::pin!(expiry);
     let mut dropped_updates = 0u64;
@@ -212,8 +208,8 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
                                 }
                             }
                         }
-                        Ok(Inbound::Awareness(update)) if !awareness_allowed(&update, &mut awareness_clients, &settings) => {
-                            tracing::warn!(conn, doc = %doc, user = %user, "refused: awareness over its limits (1008)");
+                        Ok(Inbound::Awareness(update)) if !awareness_allowed(&update, &settings) => {
+                            tracing::warn!(conn, doc = %doc, user = %user, "refused: awareness state over its size limit (1008)");
                             refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "awareness too large"));
                         }
                         Ok(msg) => {
@@ -265,14 +261,10 @@ fn gone() -> CloseReason {
     CloseReason::new(close::INTERNAL_ERROR, "document unavailable")
 }
 
-/// Awareness caps: each state's JSON size, and how many client ids one connection speaks
-/// for (a page normally has one).
-fn awareness_allowed(update: &AwarenessUpdate, announced: &mut HashSet<u64>, settings: &SessionSettings) -> bool {
-    if update.clients.values().any(|e| e.json.len() > settings.awareness_state_bytes_max) {
-        return false;
-    }
-    announced.extend(update.clients.keys().map(|c| c.get()));
-    announced.len() <= settings.awareness_clients_max
+/// The awareness cap a session can check alone: each state's JSON size. How many client ids
+/// a connection announces is counted by the document, which knows whose states are news.
+fn awareness_allowed(update: &AwarenessUpdate, settings: &SessionSettings) -> bool {
+    update.clients.values().all(|e| e.json.len() <= settings.awareness_state_bytes_max)
 }
 
 /// Sends a close frame and waits (bounded) for the peer's, so the code reaches the client.

@@ -31,7 +31,7 @@ use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 use crate::docname::DocName;
 use crate::metrics::METRICS;
 use crate::outbox::{OutboxSender, SendError};
-use crate::presence::{ConnId, Presence};
+use crate::presence::{self, ConnId, Presence};
 use crate::protocol::{self, close, Checked, CloseReason, Inbound};
 use crate::registry::Registry;
 use crate::store::{Commits, Record, Relay, Store, StoreError};
@@ -64,6 +64,8 @@ pub struct DocSettings {
     pub snapshot_updates: u64,
     pub snapshot_bytes: u64,
     pub awareness_timeout: Duration,
+    /// Client ids one connection may announce in awareness (a page normally has one).
+    pub awareness_clients_max: usize,
     pub ot: OtSettings,
 }
 
@@ -115,6 +117,9 @@ struct Conn {
     /// Client ids this connection has shown it speaks for: announced in its awareness or
     /// written with items. Only these may extend a known client's clocks with GC ranges.
     own: HashSet<u64>,
+    /// Client ids whose awareness state this connection set (not the peers' states the
+    /// stock client re-broadcasts); bounded by `awareness_clients_max`.
+    announced: HashSet<u64>,
     /// Updates that cannot apply yet (they build on clocks the document does not have),
     /// kept out of yrs until their dependencies arrive; see `apply_update`.
     held: VecDeque<Checked>,
@@ -362,8 +367,17 @@ impl DocActor {
                     outbox.close(CloseReason::new(close::GOING_AWAY, "server shutting down"));
                     return;
                 }
-                self.conns
-                    .insert(conn, Conn { outbox, origin, own: HashSet::new(), held: VecDeque::new(), held_bytes: 0 });
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        outbox,
+                        origin,
+                        own: HashSet::new(),
+                        announced: HashSet::new(),
+                        held: VecDeque::new(),
+                        held_bytes: 0,
+                    },
+                );
                 // As the y-websocket server: SyncStep1 first, then who is here.
                 let step1 = protocol::encode_sync_step1(&self.doc.transact().state_vector());
                 self.park(Parked::To(conn, step1));
@@ -395,18 +409,65 @@ impl DocActor {
                 // never dropped for want of a reply address.
                 self.apply_update(conn, update, user).await;
             }
-            Inbound::Awareness(update) => {
+            Inbound::Awareness(mut update) => {
                 // Awareness of a connection that is gone would be owned by nobody.
                 let Some(c) = self.conns.get(&conn) else { return };
-                if let Some(client) =
-                    update.clients.keys().map(|id| id.get()).find(|id| self.owned_by_other(*id, &c.origin))
-                {
-                    tracing::warn!(conn, doc = %self.name, user = %c.origin, client, "refused: awareness for another user's client id (1008)");
-                    self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id"));
-                    return;
+                let origin = c.origin.clone();
+                // Entries for client ids another user owns. The stock y-websocket client
+                // re-broadcasts every awareness update it receives (its awareness `update`
+                // handler has no origin filter), so a peer's state coming back to us is not
+                // a forgery: it is no newer than ours, or a removal. Those are dropped here
+                // (a removal is not this user's to make). A state the table would take, a
+                // newer clock, is a forgery, and its sender is refused.
+                let foreign: Vec<yrs::ClientID> =
+                    update.clients.keys().filter(|id| self.owned_by_other(id.get(), &origin)).copied().collect();
+                for id in foreign {
+                    let entry = update.clients.remove(&id).expect("key listed above");
+                    if !presence::is_removal(&entry) && self.presence.accepts(id, &entry) {
+                        tracing::warn!(conn, doc = %self.name, user = %origin, client = id.get(), clock = entry.clock, "refused: awareness for another user's client id (1008)");
+                        self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id"));
+                        return;
+                    }
                 }
+                // Identity binding covers awareness too (SPEC §4): the first user whose
+                // connection announces a client id owns it for this document, as if it had
+                // written with it; otherwise a client id that only ever showed presence could
+                // be taken over by anyone with a higher clock. The claim is in `owners` at
+                // once, so a forger is refused from the next message on, and it is stored
+                // like an update's claim. The relay does not wait for that commit: awareness
+                // reveals no document state.
+                let claims: Vec<u64> = if self.settings.bind_client_ids {
+                    update
+                        .clients
+                        .iter()
+                        .filter(|(id, entry)| !presence::is_removal(entry) && !self.owners.contains_key(&id.get()))
+                        .map(|(id, _)| id.get())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                // Only states that are news count as announced: a peer's state re-broadcast
+                // by the stock client is never newer than the table's.
+                let news =
+                    update.clients.iter().filter(|(id, e)| !presence::is_removal(e) && self.presence.accepts(**id, e));
+                let news: Vec<u64> = news.map(|(id, _)| id.get()).collect();
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.own.extend(update.clients.keys().map(|id| id.get()));
+                    c.announced.extend(news);
+                    if c.announced.len() > self.settings.awareness_clients_max {
+                        let (user, count) = (c.origin.clone(), c.announced.len());
+                        tracing::warn!(conn, doc = %self.name, user = %user, count, max = self.settings.awareness_clients_max, "refused: awareness for too many client ids (1008)");
+                        self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "awareness too large"));
+                        return;
+                    }
+                }
+                if !claims.is_empty() {
+                    for client in &claims {
+                        self.owners.insert(*client, origin.clone());
+                    }
+                    if !self.issue(None, origin, claims, Vec::new()).await {
+                        return;
+                    }
                 }
                 let was_present: Vec<(u64, bool)> =
                     update.clients.keys().map(|c| (c.get(), self.presence.is_present(c.get()))).collect();

@@ -1,9 +1,13 @@
 // Awareness through yserve (SPEC §2): removal when a connection dies without a close frame,
-// and the echo of awareness renewals that keeps a lone stock client connected.
+// the echo of awareness renewals that keeps a lone stock client connected, and identity
+// binding of client ids announced only in awareness (SPEC §4).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { Server, Clients, waitFor, synced, dropConnection, watchConnection, timed } from './harness.mjs'
+import { execFileSync } from 'node:child_process'
+import * as awarenessProtocol from 'y-protocols/awareness'
+import * as encoding from 'lib0/encoding'
+import { Server, Clients, waitFor, synced, dropConnection, watchConnection, timed, rawSocket, binaryPath } from './harness.mjs'
 
 let server
 before(async () => { server = await new Server().start() })
@@ -69,6 +73,78 @@ test('a lone client stays connected for 36 s without any reconnect (the server e
     await synced(other)
     other.text.insert(0, 'still here')
     await waitFor(() => c.text.toString() === 'still here', 'the lone client receives an edit')
+  } finally {
+    pool.destroyAll()
+  }
+})
+
+/** How a raw socket was closed, or `{ code: 'still open' }` after 10 s. */
+const closedWithin = raw => Promise.race([raw.closed, sleep(10000).then(() => ({ code: 'still open' }))])
+
+test("a client id that has only shown presence is bound to its user: another user's forged awareness for it is refused with 1008 client-id and every peer keeps the real state", async () => {
+  const secret = 'presence-forgery-secret'
+  const token = sub => execFileSync(binaryPath(), ['token', '--jwt-secret', secret, '--sub', sub, '--doc', 'forge/*=write', '--ttl', '1h']).toString().trim()
+  const srv = await new Server(['--jwt-secret', secret]).start()
+  const pool = new Clients()
+  const room = 'forge/doc'
+  try {
+    const a = pool.add(srv, room, { params: { token: token('alice') } })
+    const b = pool.add(srv, room, { params: { token: token('bob') } })
+    await Promise.all([synced(a), synced(b)])
+    const aId = a.doc.clientID
+    // Alice only shows presence; she never edits.
+    a.awareness.setLocalStateField('user', { name: 'real' })
+    await waitFor(() => b.awareness.getStates().get(aId)?.user?.name === 'real', "Bob sees Alice's real state")
+
+    // Mallory sends one awareness message for Alice's client id with a far higher clock.
+    const mallory = await rawSocket(srv, `/${room}?token=${token('mallory')}`)
+    const fake = { meta: new Map([[aId, { clock: 100000, lastUpdated: Date.now() }]]), states: new Map([[aId, { user: { name: 'forged' } }]]) }
+    const enc = encoding.createEncoder()
+    encoding.writeVarUint(enc, 1) // messageAwareness
+    encoding.writeVarUint8Array(enc, awarenessProtocol.encodeAwarenessUpdate(fake, [aId]))
+    mallory.ws.send(encoding.toUint8Array(enc))
+    assert.deepEqual(await closedWithin(mallory), { code: 1008, reason: 'client-id' })
+
+    // Nobody sees the forged state, now or after a fresh join; Alice's renewals still arrive.
+    const c = pool.add(srv, room, { params: { token: token('carol') } })
+    await synced(c)
+    await waitFor(() => c.awareness.getStates().get(aId)?.user?.name === 'real', "a newcomer receives Alice's real state")
+    a.awareness.setLocalStateField('user', { name: 'real, renewed' })
+    await waitFor(() => b.awareness.getStates().get(aId)?.user?.name === 'real, renewed', "Bob receives Alice's next state")
+    await waitFor(() => c.awareness.getStates().get(aId)?.user?.name === 'real, renewed', "the newcomer receives Alice's next state")
+    for (const peer of [a, b, c]) assert.notEqual(peer.awareness.getStates().get(aId)?.user?.name, 'forged')
+    assert.match(srv.stderr, /refused: awareness for another user's client id/)
+
+    // The binding is persistent: after a restart, Mallory is still refused for that client id.
+    pool.destroyAll()
+    await srv.restart()
+    const again = await rawSocket(srv, `/${room}?token=${token('mallory')}`)
+    again.ws.send(encoding.toUint8Array(enc))
+    assert.deepEqual(await closedWithin(again), { code: 1008, reason: 'client-id' })
+  } finally {
+    pool.destroyAll()
+    await srv.dispose()
+  }
+})
+
+test('twelve stock clients with presence in one room all stay connected: the peers\' states every client re-broadcasts are not counted as its own', async () => {
+  // y-websocket's provider re-sends every awareness change it receives, its peers' included,
+  // so each connection carries the ids of the whole room; only the ids it announces itself
+  // count against --awareness-clients-per-connection-max (8).
+  const pool = new Clients()
+  const room = 'presence/twelve'
+  try {
+    const clients = Array.from({ length: 12 }, () => pool.add(server, room))
+    await Promise.all(clients.map(c => synced(c)))
+    const watches = clients.map(c => watchConnection(c.provider))
+    const ids = clients.map(c => c.doc.clientID)
+    for (const round of ['first', 'second']) {
+      clients.forEach((c, i) => c.awareness.setLocalStateField('user', { name: `user ${i}`, round }))
+      await waitFor(() => clients.every(c => ids.every(id => c.awareness.getStates().get(id)?.user?.round === round)),
+        `every client sees all 12 states of the ${round} round`)
+    }
+    assert.deepEqual(watches.map(w => w.closes), new Array(12).fill(0), 'no client was disconnected')
+    assert.ok(clients.every((c, i) => c.provider.ws === watches[i].ws), 'every client kept its websocket')
   } finally {
     pool.destroyAll()
   }

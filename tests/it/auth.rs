@@ -272,3 +272,54 @@ async fn a_document_logs_under_its_own_span_not_the_session_that_loaded_it() {
     assert_eq!(spans[0]["name"], "document", "{line}");
     assert_eq!(spans[0]["doc"], "doc", "{line}");
 }
+
+#[tokio::test]
+async fn a_client_id_announced_only_in_awareness_is_bound_for_awareness_and_updates_across_restarts() {
+    let mut server = server();
+    let grants = [("doc", Access::Write)];
+    let base = server.url("doc");
+    let url = |user: &str| format!("{base}?token={}", token(user, &grants, now() + 600));
+    let alice_state = r#"{"user":{"name":"real"}}"#;
+    let mut a = Client::connect_with_doc(&url("alice"), doc_with_client(777)).await;
+    a.sync().await;
+    a.set_awareness(1, alice_state).await;
+    let mut b = Client::synced(&url("bob")).await;
+    b.pump_until(|c| c.sees_presence(777), "Bob sees Alice's state").await;
+    // Bob re-broadcasting Alice's state as it is, as the stock client does, is no forgery.
+    b.send(yserve::protocol::encode_awareness(awareness(777, 1, alice_state))).await;
+    b.insert(0, "bob ").await;
+    b.wait_echo().await;
+    assert!(b.closed.is_none(), "an echo of a peer's state is not refused");
+    // A newer state for Alice's client id from Bob is.
+    b.send(yserve::protocol::encode_awareness(awareness(777, 2, r#"{"user":{"name":"forged"}}"#))).await;
+    assert_eq!(b.closed_with().await, (1008, "client-id".into()));
+    // The claim is stored, although Alice never wrote with that id (it was queued before
+    // Bob's update, whose echo he has seen, so it is committed).
+    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+    let owner: String =
+        conn.query_row("SELECT user_id FROM client_owners WHERE client_id = 777", [], |r| r.get(0)).unwrap();
+    assert_eq!(owner, "alice");
+    drop(a);
+    server.restart();
+    // ... and binds updates too, after a restart.
+    let mut b = Client::connect_with_doc(&url("bob"), doc_with_client(777)).await;
+    b.sync().await;
+    b.edit(|t, txn| yrs::Text::insert(t, txn, 0, "forged ")).await;
+    assert_eq!(b.closed_with().await, (1008, "client-id".into()));
+    let mut a = Client::connect_with_doc(&url("alice"), doc_with_client(777)).await;
+    a.sync().await;
+    a.insert(0, "alice ").await;
+    a.wait_echo().await;
+    assert_eq!(a.text(), "alice bob ");
+}
+
+fn awareness(client: u64, clock: u32, json: &str) -> yrs::sync::awareness::AwarenessUpdate {
+    yrs::sync::awareness::AwarenessUpdate {
+        clients: [(
+            yrs::ClientID::new(client),
+            yrs::sync::awareness::AwarenessUpdateEntry { clock, json: json.into() },
+        )]
+        .into_iter()
+        .collect(),
+    }
+}
