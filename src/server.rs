@@ -68,12 +68,20 @@ pub async fn run_on(
     });
     let server = tokio::spawn(server.run());
 
+    // Poll the shutdown future once before anyone can learn the address: `signal()` installs
+    // its handlers on its first poll, and until then a SIGTERM (say, from a script that read
+    // the line below) would kill the process instead of shutting it down cleanly.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stopped_early = futures::poll!(shutdown.as_mut()).is_ready();
+
     // Tests and scripts wait for this exact line (SPEC §1).
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "listening");
 
-    shutdown.await;
+    if !stopped_early {
+        shutdown.await;
+    }
     tracing::info!("shutting down: no new connections; committing and closing documents");
     let _ = stop_tx.send(());
     // OT connections close first, with 1001: a ShareDB client keeps its in-flight op and

@@ -43,6 +43,28 @@ pub enum StoreError {
     Closed,
     #[error("could not create the database folder {path}: {message}")]
     CreateDir { path: String, message: String },
+    #[error(
+        "the database schema is version {found}, newer than this binary knows ({known}): \
+         it was written by a newer yserve; run that version or restore a backup"
+    )]
+    SchemaTooNew { found: usize, known: usize },
+    #[error("the database {path} is read-only: the server must be able to write it")]
+    ReadOnly { path: String },
+    #[error("could not open the database {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+/// Names the file in a failure to open it, and the operating system's reason where SQLite's
+/// is vague ("unable to open database file" for a read-only file system, say).
+fn open_failure(path: &Path, e: StoreError) -> StoreError {
+    let StoreError::Sqlite(sqlite) = &e else { return e };
+    let mut message = sqlite.to_string();
+    if path.exists() {
+        if let Err(io) = std::fs::OpenOptions::new().write(true).open(path) {
+            message = format!("{message} ({io})");
+        }
+    }
+    StoreError::Open { path: path.display().to_string(), message }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -255,7 +277,13 @@ impl std::fmt::Debug for Command {
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the thread.
     pub fn open(config: &Config) -> Result<Store, StoreError> {
-        let conn = open_connection(&config.db, config.sync, Duration::from_millis(config.store_busy_timeout_ms))?;
+        let busy_timeout = Duration::from_millis(config.store_busy_timeout_ms);
+        let conn = open_connection(&config.db, config.sync, busy_timeout).map_err(|e| open_failure(&config.db, e))?;
+        // SQLite quietly opens a file it may not write read-only; every commit would then
+        // fail. A server that cannot store an edit must not start.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::ReadOnly { path: config.db.display().to_string() });
+        }
         let (tx, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let batch_max = config.store_batch_max.max(1);
         thread::Builder::new()
@@ -376,6 +404,11 @@ pub fn open_connection(path: &Path, sync: SyncMode, busy_timeout: Duration) -> R
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    // A newer binary's tables may mean something this one would break (SPEC §3: the schema
+    // is versioned so that operators can rely on it); refuse rather than guess.
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::SchemaTooNew { found: version, known: MIGRATIONS.len() });
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;

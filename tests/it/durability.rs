@@ -128,3 +128,13 @@ async fn a_reconnecting_client_that_repeats_known_state_adds_nothing_to_the_log(
     let (updates, _) = read_db(&server.db_path(), "dedupe");
     assert_eq!(updates.len(), 2, "only the two real changes are logged");
 }
+
+#[test]
+fn sigterm_right_after_the_listening_line_is_a_clean_shutdown() {
+    // The signal handlers are installed before the line is printed: a script that sends
+    // SIGTERM as soon as it reads the address must not kill the process (exit by signal).
+    for _ in 0..20 {
+        let mut server = TestServer::start();
+        assert_eq!(server.stop(), Some(0));
+    }
+}

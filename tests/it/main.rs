@@ -14,4 +14,5 @@ mod limits;
 mod ot;
 mod property;
 mod refusals;
+mod storage;
 mod sync;

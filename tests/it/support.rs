@@ -21,6 +21,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     dir: tempfile::TempDir,
+    /// The database file when it is not `dir/yserve.db` (e.g. on a test's own mount).
+    db: Option<PathBuf>,
     args: Vec<String>,
     child: Option<Child>,
     pub port: u16,
@@ -32,14 +34,20 @@ impl TestServer {
     }
 
     pub fn start_with(args: &[&str]) -> TestServer {
+        Self::start_on(None, args)
+    }
+
+    /// A server on the database file `db` (default: a new temporary one).
+    pub fn start_on(db: Option<PathBuf>, args: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut server = TestServer { dir, args: args.iter().map(|s| s.to_string()).collect(), child: None, port: 0 };
+        let args = args.iter().map(|s| s.to_string()).collect();
+        let mut server = TestServer { dir, db, args, child: None, port: 0 };
         server.spawn();
         server
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("yserve.db")
+        self.db.clone().unwrap_or_else(|| self.dir.path().join("yserve.db"))
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -350,7 +358,7 @@ impl TestServer {
 }
 
 /// The first clock of `client` missing from `set` (every clock below it is present).
-fn covered_up_to(set: &IdSet, client: ClientID) -> u32 {
+pub fn covered_up_to(set: &IdSet, client: ClientID) -> u32 {
     let Some(range) = set.get(&client) else {
         return 0;
     };
