@@ -6,7 +6,7 @@
 #      in the binary must be what its sources build;
 #   4. the runnable examples, as smoke tests;
 #   5. the demo editor in a real headless Chromium (Debian's package).
-# Installs what it needs (npm packages; Node.js and Chromium from Debian if absent). One
+# Installs what it needs (npm packages; Node.js, sqlite3 and Chromium from Debian if absent). One
 # profile (release) is used for everything so the code compiles once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# The crash-loop interop test checks the killed server's database with sqlite3's integrity_check.
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]} (apt)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod awareness;
 mod cli;
+mod crash_loop;
 mod demo;
 mod durability;
 mod hostile;

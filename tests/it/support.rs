@@ -235,6 +235,29 @@ impl Client {
         }
     }
 
+    /// Reads and applies one frame. False once the connection is over (a close frame, a
+    /// reset, or the end of the stream, as when the server was killed).
+    pub async fn try_pump(&mut self) -> bool {
+        match self.ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                self.handle(&b).await;
+                true
+            }
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => false,
+            Some(Ok(_)) => true,
+        }
+    }
+
+    /// Sends a frame; false if the connection is gone.
+    pub async fn try_send(&mut self, frame: impl Into<bytes::Bytes>) -> bool {
+        self.ws.send(Message::Binary(frame.into())).await.is_ok()
+    }
+
+    /// The first clock of this client's own edits the server has not shown back yet.
+    pub fn echoed_clock(&self) -> u32 {
+        covered_up_to(&self.server_has, self.doc.client_id())
+    }
+
     /// Waits for the server to close the connection; returns the close code and reason.
     pub async fn closed_with(&mut self) -> (u16, String) {
         self.pump_until(|c| c.closed.is_some(), "close frame").await;
