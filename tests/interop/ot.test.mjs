@@ -285,6 +285,99 @@ test('one sharedb client and two y-websocket clients typing concurrently with em
   }
 })
 
+// Issue 13 (1b): two stock sharedb clients and a Yjs client type at once into a text that
+// starts with an astral character. A inserts right after the emoji, B at the start, the Yjs
+// client at the end. Each op is valid against the text its client has when it makes it: back
+// to back (nothing arrives in between) A's op is the issue's literal [{retain: 2}, {insert: 'A'}];
+// with turns of the event loop in between, B's inserts reach A first and A's emoji moves, so
+// A retains up to where the emoji now ends (a fixed `retain: 2` would then cut the pair in A's
+// own text: see the next test). The server must refuse none of them, and all converge.
+test('three-way race around an astral character: two sharedb clients and a Yjs client typing at once are never refused and converge', async () => {
+  const EMOJI = '😀'
+  const schedules = {
+    'back to back': async () => {},
+    'a macrotask between rounds': () => new Promise(resolve => setImmediate(resolve)),
+    'a timer between rounds': () => pause(1)
+  }
+  for (const [schedule, between] of Object.entries(schedules)) {
+    const name = `ot-race-astral-${Object.keys(schedules).indexOf(schedule)}`
+    const pool = new Clients()
+    const [sa, sb] = [shareConnection(), shareConnection()]
+    const failures = []
+    const wireErrors = []
+    try {
+      const y = pool.add(server, name)
+      await synced(y)
+      y.text.insert(0, `${EMOJI}abc`)
+      const [a, b] = [sa, sb].map(sc => sc.connection.get(name, 't'))
+      for (const [who, sc, doc] of [['A', sa, a], ['B', sb, b]]) {
+        doc.on('error', err => failures.push(`${schedule}: ${who} error event: ${err.code}: ${err.message}`))
+        sc.connection.on('receive', r => { if (r.data?.error) wireErrors.push(`${schedule}: to ${who}: ${JSON.stringify(r.data)}`) })
+        await subscribe(doc)
+      }
+      await waitFor(() => plain(a.data) === `${EMOJI}abc` && plain(b.data) === `${EMOJI}abc`, 'both sharedb clients see the text')
+      const afterEmoji = []
+      for (let i = 0; i < 40; i++) {
+        const at = plain(a.data).indexOf(EMOJI) + EMOJI.length
+        afterEmoji.push(at)
+        a.submitOp([{ retain: at }, { insert: 'A' }], err => err && failures.push(`${schedule}: A submit ${i}: ${err.code}: ${err.message}`))
+        b.submitOp([{ insert: 'B' }], err => err && failures.push(`${schedule}: B submit ${i}: ${err.code}: ${err.message}`))
+        y.text.insert(y.text.length, 'Y')
+        await between()
+      }
+      if (schedule === 'back to back') assert.deepEqual(new Set(afterEmoji), new Set([2]), 'the issue\'s op, verbatim')
+      await converged(name, [a, b], [y])
+      assert.deepEqual(failures, [])
+      assert.deepEqual(wireErrors, [])
+      assert.deepEqual([...sa.errors, ...sb.errors], [])
+      const text = (await getText(name)).text
+      assert.ok(text.isWellFormed(), `${schedule}: no lone surrogate in ${JSON.stringify(text)}`)
+      const count = ch => [...text].filter(c => c === ch).length
+      assert.deepEqual({ A: count('A'), B: count('B'), Y: count('Y'), [EMOJI]: count(EMOJI) }, { A: 40, B: 40, Y: 40, [EMOJI]: 1 }, `${schedule}: ${text}`)
+      // Where each client typed: B's before the emoji, A's right after it, the Yjs ones at the end.
+      assert.match(text, new RegExp(`^B{40}${EMOJI}A{40}abcY{40}$`, 'u'), schedule)
+      assert.equal(plain(a.data), text)
+      assert.equal(plain(b.data), text)
+      assert.equal(y.text.toString(), text)
+    } finally {
+      sa.close()
+      sb.close()
+      pool.destroyAll()
+    }
+  }
+})
+
+// What the issue's run hit: with turns of the event loop between submits, B's 'B' reaches A
+// before A types, and A's fixed [{retain: 2}, {insert: 'A'}] then cuts the emoji in A's own
+// text ('B\uD83D' + 'A' + '\uDE00'). The server refuses that op, rightly, and the stock client
+// rolls back to the server's text; a valid op from A afterwards is taken.
+test('a sharedb op that cuts a surrogate pair in its own client\'s text is refused, and the client rolls back to the server\'s text', async () => {
+  const name = 'ot-race-astral-cut'
+  const pool = new Clients()
+  const [sa, sb] = [shareConnection(), shareConnection()]
+  try {
+    const y = pool.add(server, name)
+    await synced(y)
+    y.text.insert(0, '😀abc')
+    const [a, b] = [sa, sb].map(sc => sc.connection.get(name, 't'))
+    for (const doc of [a, b]) await subscribe(doc)
+    await waitFor(() => plain(a.data) === '😀abc', 'A sees the text')
+    await submit(b, [{ insert: 'B' }])
+    await waitFor(() => plain(a.data) === 'B😀abc', () => `A sees B's op: ${plain(a.data)}`)
+    const refused = submit(a, [{ retain: 2 }, { insert: 'A' }])
+    assert.equal(plain(a.data), 'B\uD83DA\uDE00abc', 'the op cuts the pair in A\'s own text')
+    await assert.rejects(refused, err => err.code === 'ERR_OT_OP_NOT_APPLIED' && /splits a surrogate pair/.test(err.message))
+    await waitFor(() => plain(a.data) === 'B😀abc' && !a.hasWritePending(), () => `A rolls back: ${JSON.stringify(plain(a.data))}`)
+    await submit(a, [{ retain: 3 }, { insert: 'A' }])
+    await converged(name, [a, b], [y])
+    assert.equal((await getText(name)).text, 'B😀Aabc')
+  } finally {
+    sa.close()
+    sb.close()
+    pool.destroyAll()
+  }
+})
+
 test('retain with attributes, replace, null attributes and embeds round-trip between sharedb, REST and Yjs formatting', async () => {
   const name = 'ot-format'
   const pool = new Clients()

@@ -31,10 +31,10 @@ const SUBMIT_REJECTED: &str = "ERR_OP_SUBMIT_REJECTED";
 const READS_REJECTED: &str = "ERR_SNAPSHOT_READS_REJECTED";
 
 /// A ShareDB connection speaking raw JSON frames, as the stock client does.
-struct Ot {
-    ws: Ws,
+pub(crate) struct Ot {
+    pub(crate) ws: Ws,
     /// The client id from the handshake: the `src` of this connection's ops.
-    id: String,
+    pub(crate) id: String,
     seq: u64,
     /// Ops pushed to this connection (it subscribed) that arrived while waiting for a reply.
     pushed: std::collections::VecDeque<Value>,
@@ -48,7 +48,7 @@ fn ot_url(server: &TestServer, token: Option<&str>) -> String {
 }
 
 impl Ot {
-    async fn connect(server: &TestServer) -> Ot {
+    pub(crate) async fn connect(server: &TestServer) -> Ot {
         Self::connect_url(&ot_url(server, None), None).await
     }
 
@@ -74,7 +74,7 @@ impl Ot {
         ot
     }
 
-    async fn send(&mut self, msg: &Value) {
+    pub(crate) async fn send(&mut self, msg: &Value) {
         self.send_raw(&msg.to_string()).await;
     }
 
@@ -106,7 +106,7 @@ impl Ot {
     }
 
     /// The next JSON frame; panics after `TIMEOUT` or if the connection ends.
-    async fn recv_frame(&mut self) -> Value {
+    pub(crate) async fn recv_frame(&mut self) -> Value {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             let frame =
@@ -144,12 +144,12 @@ impl Ot {
         self.snapshot("f", c, d).await
     }
 
-    async fn subscribe(&mut self, c: &str, d: &str) -> (u64, Value) {
+    pub(crate) async fn subscribe(&mut self, c: &str, d: &str) -> (u64, Value) {
         self.snapshot("s", c, d).await
     }
 
     /// The text's version and plain content.
-    async fn text(&mut self, c: &str, d: &str) -> (u64, String) {
+    pub(crate) async fn text(&mut self, c: &str, d: &str) -> (u64, String) {
         let (v, ops) = self.fetch(c, d).await;
         (v, plain(&ops))
     }
@@ -211,7 +211,7 @@ fn code(reply: &Value) -> &str {
 }
 
 /// The text of a document delta, embeds left out.
-fn plain(ops: &Value) -> String {
+pub(crate) fn plain(ops: &Value) -> String {
     ops.as_array().expect("ops").iter().filter_map(|c| c["insert"].as_str()).collect()
 }
 
