@@ -9,6 +9,7 @@ mod awareness;
 mod cli;
 mod demo;
 mod durability;
+mod floods;
 mod hostile;
 mod limits;
 mod ot;
