@@ -254,6 +254,12 @@ pub struct Config {
     #[arg(long, env = "YSERVE_AWARENESS_CLIENTS_PER_CONNECTION_MAX", default_value_t = 8)]
     pub awareness_clients_per_connection_max: usize,
 
+    /// Entries one awareness message may hold; more: 1008, refused by the count before the
+    /// message is decoded (decoded, tiny entries take ~18 times their size). The stock client
+    /// echoes a whole room's states in one message, so this bounds a room, not a connection.
+    #[arg(long, env = "YSERVE_AWARENESS_CLIENTS_PER_MESSAGE_MAX", default_value_t = 10_000)]
+    pub awareness_clients_per_message_max: usize,
+
     /// Bytes waiting to be written to one connection before it is closed with 1013.
     #[arg(long, env = "YSERVE_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 32 * 1024 * 1024)]
     pub outbound_queue_bytes_max: usize,

@@ -97,12 +97,18 @@ pub enum DecodeError {
     UnknownSyncType(u64),
     #[error("invalid update: {0}")]
     Invalid(Hostile),
+    #[error("awareness message declares {count} clients, more than the {max} one message may hold")]
+    AwarenessTooManyClients { count: u64, max: usize },
 }
 
 impl DecodeError {
     pub fn close_reason(&self) -> CloseReason {
         match self {
             DecodeError::Hostile(h) => CloseReason::new(close::POLICY_VIOLATION, h.reason()),
+            // The same reason as the other awareness caps.
+            DecodeError::AwarenessTooManyClients { .. } => {
+                CloseReason::new(close::POLICY_VIOLATION, "awareness too large")
+            }
             _ => CloseReason::new(close::INVALID_PAYLOAD, "malformed message"),
         }
     }
@@ -112,15 +118,26 @@ fn malformed(what: &'static str) -> impl FnOnce(yrs::encoding::read::Error) -> D
     move |source| DecodeError::Malformed { what, source }
 }
 
-/// `decode_frame_with` the default limits.
+/// What one inbound frame may hold.
+#[derive(Debug, Clone)]
+pub struct FrameLimits {
+    pub update: Limits,
+    /// Entries one awareness message may hold. Not the per-connection cap: the stock client
+    /// re-sends its peers' states too, a whole room's at once when it joins (the document
+    /// counts only the states that are news against that cap).
+    pub awareness_clients_max: usize,
+}
+
+/// `decode_frame_with` limits for frames a client reads from the server: the default update
+/// limits, and any number of awareness clients (the server sends everyone's states at once).
 pub fn decode_frame(frame: &[u8]) -> Result<Inbound, DecodeError> {
-    decode_frame_with(frame, &Limits::default())
+    decode_frame_with(frame, &FrameLimits { update: Limits::default(), awareness_clients_max: usize::MAX })
 }
 
 /// Decodes one frame. The stock client sends exactly one message per frame; as the
 /// y-websocket server does, anything after the first message is ignored. Updates are
 /// validated by `validate` before yrs decodes them.
-pub fn decode_frame_with(frame: &[u8], limits: &Limits) -> Result<Inbound, DecodeError> {
+pub fn decode_frame_with(frame: &[u8], limits: &FrameLimits) -> Result<Inbound, DecodeError> {
     if frame.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -139,7 +156,7 @@ pub fn decode_frame_with(frame: &[u8], limits: &Limits) -> Result<Inbound, Decod
                 }
                 1 | 2 => {
                     let buf = decoder.read_buf().map_err(malformed("update"))?;
-                    let checked = check_update(buf, limits)?;
+                    let checked = check_update(buf, &limits.update)?;
                     Ok(if sub == 1 { Inbound::SyncStep2(checked) } else { Inbound::Update(checked) })
                 }
                 other => Err(DecodeError::UnknownSyncType(other)),
@@ -147,6 +164,13 @@ pub fn decode_frame_with(frame: &[u8], limits: &Limits) -> Result<Inbound, Decod
         }
         t if t == MSG_AWARENESS as u64 => {
             let buf = decoder.read_buf().map_err(malformed("awareness"))?;
+            // The entry count comes first. A message naming more clients than one message may
+            // hold is refused without decoding it: decoded, a 16 MiB message of tiny entries
+            // takes ~18 times its size in maps and strings.
+            let count: u64 = DecoderV1::new(Cursor::new(buf)).read_var().map_err(malformed("awareness"))?;
+            if count > limits.awareness_clients_max as u64 {
+                return Err(DecodeError::AwarenessTooManyClients { count, max: limits.awareness_clients_max });
+            }
             let update = AwarenessUpdate::decode_v1(buf).map_err(malformed("awareness"))?;
             Ok(Inbound::Awareness(update))
         }
@@ -229,6 +253,29 @@ mod tests {
         for cut in 1..frame.len() {
             assert!(decode_frame(&frame[..cut]).is_err(), "prefix of {cut} bytes decoded");
         }
+    }
+
+    #[test]
+    fn awareness_naming_too_many_clients_is_refused_by_its_count() {
+        let entries = |n: u64| AwarenessUpdate {
+            clients: (1..=n)
+                .map(|i| {
+                    (yrs::ClientID::new(i), yrs::sync::awareness::AwarenessUpdateEntry { clock: 1, json: "{}".into() })
+                })
+                .collect(),
+        };
+        let limits = FrameLimits { update: Limits::default(), awareness_clients_max: 3 };
+        assert!(
+            matches!(decode_frame_with(&encode_awareness(entries(3)), &limits), Ok(Inbound::Awareness(u)) if u.clients.len() == 3)
+        );
+        let refused = decode_frame_with(&encode_awareness(entries(4)), &limits).unwrap_err();
+        assert!(matches!(refused, DecodeError::AwarenessTooManyClients { count: 4, max: 3 }));
+        assert_eq!(refused.close_reason(), CloseReason::new(close::POLICY_VIOLATION, "awareness too large"));
+        // A count alone, with no entries behind it, is refused the same way.
+        assert!(matches!(
+            decode_frame_with(&[1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f], &limits),
+            Err(DecodeError::AwarenessTooManyClients { .. })
+        ));
     }
 
     #[test]

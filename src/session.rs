@@ -28,7 +28,7 @@ use crate::limits::{ConnPermit, Limiter};
 use crate::metrics::METRICS;
 use crate::outbox::{Next, Outbox, OutboxSender, Socket};
 use crate::presence::ConnId;
-use crate::protocol::{self, close, CloseReason, Inbound};
+use crate::protocol::{self, close, CloseReason, FrameLimits, Inbound};
 use crate::registry::Registry;
 use crate::validate::Limits;
 use std::sync::atomic::Ordering::Relaxed;
@@ -109,7 +109,7 @@ impl Drop for SessionGuard {
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub outbound_queue_bytes_max: usize,
-    pub update_limits: Limits,
+    pub frame_limits: FrameLimits,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub awareness_state_bytes_max: usize,
@@ -119,7 +119,10 @@ impl From<&Config> for SessionSettings {
     fn from(c: &Config) -> Self {
         SessionSettings {
             outbound_queue_bytes_max: c.outbound_queue_bytes_max,
-            update_limits: Limits { any_depth_max: c.update_depth_max },
+            frame_limits: FrameLimits {
+                update: Limits { any_depth_max: c.update_depth_max },
+                awareness_clients_max: c.awareness_clients_per_message_max,
+            },
             ping_interval: Duration::from_millis(c.ping_interval_ms.max(10)),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms.max(10)),
             awareness_state_bytes_max: c.awareness_state_bytes_max,
@@ -196,7 +199,7 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
                         tracing::warn!(conn, doc = %doc, user = %user, bytes = frame.len(), "refused: rate limited (1008)");
                         refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "rate limited"));
                     }
-                    Some(Ok(Message::Binary(frame))) => match protocol::decode_frame_with(&frame, &settings.update_limits) {
+                    Some(Ok(Message::Binary(frame))) => match protocol::decode_frame_with(&frame, &settings.frame_limits) {
                         Ok(Inbound::Auth | Inbound::Unknown(_)) => {}
                         // Read grants sync and share awareness; their updates are dropped (not
                         // applied, stored or relayed), counted, and logged once.

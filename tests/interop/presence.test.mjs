@@ -127,7 +127,7 @@ test("a client id that has only shown presence is bound to its user: another use
   }
 })
 
-test('twelve stock clients with presence in one room all stay connected: the peers\' states every client re-broadcasts are not counted as its own', async () => {
+test('twelve stock clients with presence in one room, and a latecomer, all stay connected: the peers\' states every client re-broadcasts are not counted as its own', async () => {
   // y-websocket's provider re-sends every awareness change it receives, its peers' included,
   // so each connection carries the ids of the whole room; only the ids it announces itself
   // count against --awareness-clients-per-connection-max (8).
@@ -143,8 +143,17 @@ test('twelve stock clients with presence in one room all stay connected: the pee
       await waitFor(() => clients.every(c => ids.every(id => c.awareness.getStates().get(id)?.user?.round === round)),
         `every client sees all 12 states of the ${round} round`)
     }
+    // A latecomer receives the twelve states in one message and echoes them in one message.
+    const late = pool.add(server, room)
+    await synced(late)
+    const lateWatch = watchConnection(late.provider)
+    await waitFor(() => ids.every(id => late.awareness.getStates().get(id)?.user?.round === 'second'), 'the latecomer sees all 12 states')
+    late.awareness.setLocalStateField('user', { name: 'late' })
+    await waitFor(() => clients.every(c => c.awareness.getStates().get(late.doc.clientID)?.user?.name === 'late'), 'everyone sees the latecomer')
     assert.deepEqual(watches.map(w => w.closes), new Array(12).fill(0), 'no client was disconnected')
     assert.ok(clients.every((c, i) => c.provider.ws === watches[i].ws), 'every client kept its websocket')
+    assert.equal(lateWatch.closes, 0, 'the latecomer was not disconnected')
+    assert.equal(late.provider.ws, lateWatch.ws)
   } finally {
     pool.destroyAll()
   }

@@ -10,6 +10,7 @@ mod cli;
 mod crash_loop;
 mod demo;
 mod durability;
+mod floods;
 mod hostile;
 mod limits;
 mod ot;

@@ -407,3 +407,83 @@ pub async fn send_24_mb(writer: &mut Client) {
         writer.wait_echo().await;
     }
 }
+
+impl TestServer {
+    /// The server process's resident set size (`VmRSS` of /proc/PID/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib_of(self.pid())
+    }
+
+    /// `GET /metrics`: every sample by its series, `name` or `name{labels}` as rendered.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let get = async {
+            let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut raw = String::new();
+            stream.read_to_string(&mut raw).await.expect("read /metrics");
+            raw
+        };
+        let raw = tokio::time::timeout(TIMEOUT, get).await.expect("GET /metrics timed out");
+        let (_, body) = raw.split_once("\r\n\r\n").expect("response head");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+            .collect()
+    }
+
+    /// One sample of `GET /metrics` (0 when absent, as for a refusal counter never bumped).
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics().await.get(series).copied().unwrap_or(0.0)
+    }
+}
+
+/// The resident set size of a process, in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// Polls `check` until it holds; panics after `timeout` with what it was waiting for.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Client {
+    /// Connects with a small socket receive buffer (`SO_RCVBUF`, set before `connect` so it
+    /// bounds the TCP window): a client that stops reading then holds little in the kernel,
+    /// and what the server cannot send waits in its backlog for this connection.
+    pub async fn connect_with_receive_buffer(url: &str, bytes: u32) -> Client {
+        let port: u16 = url
+            .strip_prefix("ws://127.0.0.1:")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .expect("a ws://127.0.0.1:PORT/ url");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect");
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await.expect("WebSocket handshake");
+        let doc = new_doc();
+        let mut client =
+            Client { doc, ws, awareness: Default::default(), closed: None, synced: false, server_has: IdSet::new() };
+        let sv = client.doc.transact().state_vector();
+        client.send(protocol::encode_sync_step1(&sv)).await;
+        client
+    }
+}
