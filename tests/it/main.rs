@@ -3,10 +3,15 @@
 
 mod support;
 
+// The fuzz targets' checks, shared as source with `fuzz/` (see tests/it/decoders.rs).
+#[path = "../../fuzz/checks.rs"]
+mod checks;
+
 mod api;
 mod auth;
 mod awareness;
 mod cli;
+mod decoders;
 mod demo;
 mod durability;
 mod hostile;
