@@ -342,6 +342,9 @@ pub fn parse_sv(b64: &str) -> Result<StateVector, Failure> {
         .decode(b64)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(b64))
         .map_err(|_| bad_request("sv is not base64"))?;
+    // As for a SyncStep1: refuse a declared count the bytes cannot hold before yrs reserves it.
+    crate::protocol::declared_count_fits(&bytes, crate::protocol::STATE_VECTOR_ENTRY_BYTES_MIN)
+        .map_err(|_| bad_request("sv is not a state vector"))?;
     StateVector::decode_v1(&bytes).map_err(|_| bad_request("sv is not a state vector"))
 }
 

@@ -5,6 +5,9 @@
 //! Every committed seed in `fuzz/seeds/<target>/` (the crash inputs among them) also runs
 //! as a regression test.
 //!
+//! Each check also bounds the largest single allocation (see `allocation_bound`), as libFuzzer
+//! does for the cargo-fuzz targets: a few bytes that make yrs reserve gigabytes are an attack.
+//!
 //! The seed is fixed, so CI runs the same cases each time; `YSERVE_TEST_SEED=<n>` runs
 //! other ones and `YSERVE_FUZZ_CASES=<n>` changes how many per target. A failing case
 //! prints its input in hex.
@@ -26,10 +29,10 @@ use crate::checks;
 /// The seed CI runs with.
 const SEED: u64 = 20_260_501;
 /// Cases per target. The whole run takes a few seconds in release on two cores.
-const CASES: usize = 30_000;
+const CASES: usize = 200_000;
 /// `update` applies to a yrs document, which is slower; it also has its own mutation tests
 /// in `src/validate.rs`.
-const UPDATE_CASES: usize = 5_000;
+const UPDATE_CASES: usize = 30_000;
 
 fn env_u64(key: &str) -> Option<u64> {
     std::env::var(key).ok().map(|s| s.parse().unwrap_or_else(|_| panic!("{key} is a number")))
@@ -55,7 +58,7 @@ fn run(target: &str, cases: usize, generate: fn(&mut Rng) -> Vec<u8>) {
                 mutate_bytes(&mut rng, &mut input, &corpus);
             }
         }
-        match std::panic::catch_unwind(|| check(&input)) {
+        match std::panic::catch_unwind(|| checked(check, &input)) {
             Ok(true) => accepted += 1,
             Ok(false) => {}
             Err(panic) => {
@@ -67,6 +70,25 @@ fn run(target: &str, cases: usize, generate: fn(&mut Rng) -> Vec<u8>) {
     println!("{target}: {accepted} of {cases} inputs accepted by the decoder and checked");
     // A generator that stopped getting past the decoder would test nothing but refusals.
     assert!(accepted * 20 >= cases, "only {accepted} of {cases} {target} inputs were accepted");
+}
+
+/// Most a decoder may allocate at once for an input of `len` bytes: what it holds is in
+/// proportion to what it read (a declared count it cannot have read must not be reserved).
+fn allocation_bound(len: usize) -> usize {
+    (1 << 20) + 64 * len
+}
+
+/// Runs `check` and checks its largest single allocation against the bound.
+fn checked(check: fn(&[u8]) -> bool, input: &[u8]) -> bool {
+    crate::take_largest_allocation();
+    let accepted = check(input);
+    let largest = crate::take_largest_allocation();
+    assert!(
+        largest <= allocation_bound(input.len()),
+        "{} bytes of input made a {largest}-byte allocation",
+        input.len()
+    );
+    accepted
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -100,7 +122,7 @@ fn every_committed_fuzz_seed_passes_its_check() {
         let seeds = seeds(target);
         assert!(!seeds.is_empty(), "{target} has no seeds");
         for (name, bytes) in seeds {
-            if std::panic::catch_unwind(|| check(&bytes)).is_err() {
+            if std::panic::catch_unwind(|| checked(*check, &bytes)).is_err() {
                 panic!("fuzz/seeds/{target}/{name} fails its check");
             }
         }
