@@ -166,8 +166,8 @@ pub const AWARENESS_ENTRY_BYTES_MIN: usize = 3;
 /// Refuses a state vector or awareness update whose leading entry count the bytes after it
 /// cannot hold. yrs 0.28.1 reserves room for the declared count before reading any entry
 /// (`try_reserve` in `StateVector::decode` and `AwarenessUpdate::decode`), so a few bytes
-/// could make it reserve gigabytes and initialise hundreds of megabytes of hash table
-/// (found by the `protocol`, `awareness` and `rest` fuzz targets). Such a message would fail
+/// could make it reserve gigabytes (found by the `protocol`, `awareness` and `rest` fuzz
+/// targets). Such a message would fail
 /// to decode anyway, for lack of entries; it is refused here, before yrs sees it, with the
 /// same kind of error. A count that does not even read as a varint is left to yrs.
 pub fn declared_count_fits(buf: &[u8], entry_bytes_min: usize) -> Result<(), yrs::encoding::read::Error> {
