@@ -151,6 +151,7 @@ pub fn decode_frame_with(frame: &[u8], limits: &FrameLimits) -> Result<Inbound, 
             match sub {
                 0 => {
                     let buf = decoder.read_buf().map_err(malformed("state vector"))?;
+                    declared_count_fits(buf, STATE_VECTOR_ENTRY_BYTES_MIN).map_err(malformed("state vector"))?;
                     let sv = StateVector::decode_v1(buf).map_err(malformed("state vector"))?;
                     Ok(Inbound::SyncStep1(sv))
                 }
@@ -171,6 +172,7 @@ pub fn decode_frame_with(frame: &[u8], limits: &FrameLimits) -> Result<Inbound, 
             if count > limits.awareness_clients_max as u64 {
                 return Err(DecodeError::AwarenessTooManyClients { count, max: limits.awareness_clients_max });
             }
+            declared_count_fits(buf, AWARENESS_ENTRY_BYTES_MIN).map_err(malformed("awareness"))?;
             let update = AwarenessUpdate::decode_v1(buf).map_err(malformed("awareness"))?;
             Ok(Inbound::Awareness(update))
         }
@@ -178,6 +180,29 @@ pub fn decode_frame_with(frame: &[u8], limits: &FrameLimits) -> Result<Inbound, 
         t if t == MSG_QUERY_AWARENESS as u64 => Ok(Inbound::QueryAwareness),
         other => Ok(Inbound::Unknown(other)),
     }
+}
+
+/// Least bytes of one state vector entry (client and clock, a varint each).
+pub const STATE_VECTOR_ENTRY_BYTES_MIN: usize = 2;
+/// Least bytes of one awareness entry (client, clock, and the state's length).
+pub const AWARENESS_ENTRY_BYTES_MIN: usize = 3;
+
+/// Refuses a state vector or awareness update whose leading entry count the bytes after it
+/// cannot hold. yrs 0.28.1 reserves room for the declared count before reading any entry
+/// (`try_reserve` in `StateVector::decode` and `AwarenessUpdate::decode`), so a few bytes
+/// could make it reserve gigabytes (found by the `protocol`, `awareness` and `rest` fuzz
+/// targets). Such a message would fail
+/// to decode anyway, for lack of entries; it is refused here, before yrs sees it, with the
+/// same kind of error. A count that does not even read as a varint is left to yrs.
+pub fn declared_count_fits(buf: &[u8], entry_bytes_min: usize) -> Result<(), yrs::encoding::read::Error> {
+    let mut cursor = Cursor::new(buf);
+    let Ok(count) = cursor.read_var::<u64>() else { return Ok(()) };
+    let room = (buf.len() - cursor.next) / entry_bytes_min;
+    if count > room as u64 {
+        let needed = usize::try_from(count).unwrap_or(usize::MAX).saturating_mul(entry_bytes_min);
+        return Err(yrs::encoding::read::Error::EndOfBuffer(needed));
+    }
+    Ok(())
 }
 
 /// Validates, then decodes, one v1 update.
@@ -276,6 +301,23 @@ mod tests {
             decode_frame_with(&[1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f], &limits),
             Err(DecodeError::AwarenessTooManyClients { .. })
         ));
+    }
+
+    #[test]
+    fn a_count_the_bytes_cannot_hold_is_refused_before_yrs_reserves_it() {
+        // Found by the fuzz targets: SyncStep1 with a state vector of u32::MAX entries, and an
+        // awareness update of 2^35 entries, each in a few bytes.
+        let sv = [0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01];
+        assert!(matches!(decode_frame(&sv), Err(DecodeError::Malformed { what: "state vector", .. })));
+        let awareness = [1, 6, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
+        assert!(matches!(decode_frame(&awareness), Err(DecodeError::Malformed { what: "awareness", .. })));
+        // Exactly as many entries as the bytes hold still decode.
+        let mut two = StateVector::default();
+        two.set_max(yrs::ClientID::new(1), 1);
+        two.set_max(yrs::ClientID::new(2), 1);
+        assert!(matches!(decode_frame(&encode_sync_step1(&two)).unwrap(), Inbound::SyncStep1(s) if s == two));
+        assert_eq!(declared_count_fits(&[2, 1, 1, 2, 1], STATE_VECTOR_ENTRY_BYTES_MIN).ok(), Some(()));
+        assert!(declared_count_fits(&[3, 1, 1, 2, 1], STATE_VECTOR_ENTRY_BYTES_MIN).is_err());
     }
 
     #[test]

@@ -26,7 +26,8 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 use crate::auth::{Access, Identity};
 use crate::docname::DocName;
 use crate::document::{
-    parse_event_id, ApplyRefusal, DocMsg, DocQuery, LockOp, OtKind, OtReply, OtReplyTo, OtRequest, StreamEvent,
+    format_event_id, parse_event_id, ApplyRefusal, DocMsg, DocQuery, LockOp, OtKind, OtReply, OtReplyTo, OtRequest,
+    StreamEvent,
 };
 use crate::http::{now_unix, AppState};
 use crate::locks::LockError;
@@ -61,7 +62,11 @@ pub type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = StreamEvent>
 /// History pages are at most this long.
 const HISTORY_PAGE_MAX: usize = 1000;
 
-enum Route {
+/// A parsed `/api/…` path. Public (hidden) only so the fuzz targets and the decoder
+/// property tests can reach `parse_route`; nothing outside `rest` uses it.
+#[doc(hidden)]
+#[derive(Debug, PartialEq)]
+pub enum Route {
     Docs,
     Stats,
     Doc(DocName),
@@ -77,7 +82,9 @@ enum Route {
     Ops { doc: DocName, text: DocName },
 }
 
-type Failure = (u16, &'static str, String);
+/// Status, error code and message of a refused request.
+#[doc(hidden)]
+pub type Failure = (u16, &'static str, String);
 
 fn failure(e: OtError) -> Failure {
     (e.status(), e.code(), e.to_string())
@@ -323,18 +330,22 @@ fn doc_from(bytes: &[u8]) -> Result<Doc, Failure> {
 }
 
 async fn get_update(state: &AppState, doc: &DocName, query: &HashMap<String, String>) -> Result<Reply, Failure> {
-    let sv = match query.get("sv") {
-        None => None,
-        Some(b64) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(b64))
-                .map_err(|_| bad_request("sv is not base64"))?;
-            Some(StateVector::decode_v1(&bytes).map_err(|_| bad_request("sv is not a state vector"))?)
-        }
-    };
+    let sv = query.get("sv").map(|b64| parse_sv(b64)).transpose()?;
     let (_, data) = state_bytes(state, doc, query, sv).await?;
     Ok(Reply::Binary(data))
+}
+
+/// `?sv=`: a v1 state vector in base64 (standard or URL-safe alphabet, padded).
+#[doc(hidden)]
+pub fn parse_sv(b64: &str) -> Result<StateVector, Failure> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(b64))
+        .map_err(|_| bad_request("sv is not base64"))?;
+    // As for a SyncStep1: refuse a declared count the bytes cannot hold before yrs reserves it.
+    crate::protocol::declared_count_fits(&bytes, crate::protocol::STATE_VECTOR_ENTRY_BYTES_MIN)
+        .map_err(|_| bad_request("sv is not a state vector"))?;
+    StateVector::decode_v1(&bytes).map_err(|_| bad_request("sv is not a state vector"))
 }
 
 async fn post_update(
@@ -435,7 +446,7 @@ async fn doc_events(state: &AppState, doc: &DocName, last_event_id: Option<&str>
         for r in rows {
             let data =
                 json!({"seq": r.seq, "origin": r.origin, "size": r.bytes, "time": r.created_at, "replayed": true});
-            replay.push(StreamEvent { id: format!("{}.0", r.seq), kind: "update", data: data.to_string() });
+            replay.push(StreamEvent { id: format_event_id(r.seq, 0), kind: "update", data: data.to_string() });
         }
     }
     let live = futures::stream::unfold((sub.live, attachment), |(mut rx, attachment)| async move {
@@ -465,10 +476,11 @@ fn server_events(state: &AppState, identity: Identity) -> EventStream {
 
 /// Default lock lifetime, as the seeds' five-minute field locks; at most a day.
 const LOCK_TTL_DEFAULT_MS: u64 = 5 * 60 * 1000;
-const LOCK_TTL_MAX_MS: u64 = 24 * 3600 * 1000;
+pub const LOCK_TTL_MAX_MS: u64 = 24 * 3600 * 1000;
 
 /// `?ttl=90s` (humantime) or a JSON body `{"ttl_ms": 90000}`; default five minutes.
-fn lock_ttl_ms(query: &HashMap<String, String>, body: &[u8]) -> Result<u64, Failure> {
+#[doc(hidden)]
+pub fn lock_ttl_ms(query: &HashMap<String, String>, body: &[u8]) -> Result<u64, Failure> {
     let ttl = if let Some(t) = query.get("ttl") {
         humantime::parse_duration(t).map_err(|_| bad_request("ttl must be a duration like 90s or 5m"))?.as_millis()
             as u64
@@ -538,7 +550,8 @@ async fn ot_request(
     Ok(Reply::Json(200, json))
 }
 
-fn parse_route(path: &str) -> Result<Route, Failure> {
+#[doc(hidden)]
+pub fn parse_route(path: &str) -> Result<Route, Failure> {
     let not_found = || (404, "NOT_FOUND", format!("no such resource: /api/{path}"));
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let name = |s: &str| -> Result<DocName, Failure> {
@@ -565,14 +578,18 @@ fn parse_route(path: &str) -> Result<Route, Failure> {
     }
 }
 
-struct Submit {
-    v: Option<u64>,
-    src: Arc<str>,
-    seq: u64,
-    op: Delta,
+/// A parsed OT submit body (`POST docs/{name}/texts/{text}`).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Submit {
+    pub v: Option<u64>,
+    pub src: Arc<str>,
+    pub seq: u64,
+    pub op: Delta,
 }
 
-fn parse_submit(body: &[u8], limits: &crate::ot::delta::DeltaLimits) -> Result<Submit, OtError> {
+#[doc(hidden)]
+pub fn parse_submit(body: &[u8], limits: &crate::ot::delta::DeltaLimits) -> Result<Submit, OtError> {
     let bad = |why: &str| OtError::BadMessage(why.to_string());
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(&format!("body is not JSON: {e}")))?;
     let v = match value.get("v") {

@@ -540,9 +540,9 @@ mod tests {
 
     #[test]
     fn a_client_repeated_in_one_update_is_refused() {
-        // Found by the fuzz target (fuzz/seeds/use_after_free_squash): yrs 0.28.1 appends the
+        // Found by the fuzz target (fuzz/seeds/update/use_after_free_squash): yrs 0.28.1 appends the
         // second group to the first whatever its clock, and later frees a block in use.
-        let seed = include_bytes!("../fuzz/seeds/use_after_free_squash");
+        let seed = include_bytes!("../fuzz/seeds/update/use_after_free_squash");
         assert_eq!(inspect_update_v1(seed, &limits()), Err(Hostile::RepeatedClient(1)));
         let twice = [2, 1, 9, 0, 0, 1, 1, 9, 5, 0, 1, 0];
         assert_eq!(inspect_update_v1(&twice, &limits()), Err(Hostile::RepeatedClient(9)));

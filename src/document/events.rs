@@ -95,6 +95,11 @@ pub fn lock_event(data: Value) -> Event {
     Event { kind: "lock", seq: None, data }
 }
 
+/// An event's id, `SEQ.N`: what a reader sends back as `Last-Event-ID`.
+pub fn format_event_id(seq: u64, n: u64) -> String {
+    format!("{seq}.{n}")
+}
+
 /// Parses a `Last-Event-ID` of the form `SEQ.N`.
 pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
     let (seq, n) = id.trim().split_once('.')?;
@@ -121,7 +126,7 @@ impl DocActor {
             None => e.n += 1,
         }
         let streamed =
-            Arc::new(StreamEvent { id: format!("{}.{}", e.seq, e.n), kind: event.kind, data: event.data.to_string() });
+            Arc::new(StreamEvent { id: format_event_id(e.seq, e.n), kind: event.kind, data: event.data.to_string() });
         e.ring.push_back((e.seq, e.n, streamed.clone()));
         while e.ring.len() > RING_EVENTS_MAX {
             e.ring.pop_front();

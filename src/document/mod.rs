@@ -40,7 +40,7 @@ use std::sync::atomic::Ordering::Relaxed;
 mod events;
 mod ot;
 mod query;
-pub use events::{parse_event_id, StreamEvent, Subscription};
+pub use events::{format_event_id, parse_event_id, StreamEvent, Subscription};
 use ot::OtState;
 pub use ot::{OtKind, OtReply, OtReplyTo, OtRequest, OtSettings, OT_ORIGIN};
 pub use query::{format_ms, ApplyRefusal, DocQuery, LockOp, LockReply};

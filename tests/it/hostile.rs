@@ -146,7 +146,7 @@ async fn updates_with_missing_dependencies_never_reach_yrs() {
     let mut peer = Client::connect_with_doc(&server.url("gaps"), fuzz_base_doc()).await;
     peer.sync().await;
     peer.wait_echo().await;
-    // Found by `cargo fuzz run update` (fuzz/seeds): both pass validation but have gaps.
+    // Found by `cargo fuzz run update` (fuzz/seeds/update): both pass validation but have gaps.
     // yrs 0.28.1 holds such updates "pending" and its bookkeeping of them is unsound: the
     // first panics (`unreachable!` in update.rs), the second is a use-after-free in
     // `BlockStore::split_block`. The server holds them itself instead, outside yrs.
