@@ -3,11 +3,21 @@
 //!
 //! A user's token buckets are shared by all of that user's connections, so opening more
 //! sockets does not buy more throughput. Anonymous connections share no identity, so each
-//! is keyed on its own (see `key_for`). An entry lives while the user has a connection.
+//! is keyed on its own (see `key_for`). A user's entry outlives their last connection until
+//! its buckets have refilled, so closing and reopening a socket does not buy a fresh burst;
+//! idle entries are swept on admission once there are many. An anonymous connection's entry
+//! goes with it (its key is never used again).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// Idle entries (users with no connection whose buckets may still be draining) are swept
+/// on admission once there are more than this many, and more than online users.
+const IDLE_SWEEP_MIN: usize = 1024;
+
+/// The prefix of per-connection keys (anonymous mode).
+const PER_CONNECTION_PREFIX: &str = "anonymous#";
 
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
@@ -29,6 +39,11 @@ struct Bucket {
 impl Bucket {
     fn full(burst: f64, now: Instant) -> Bucket {
         Bucket { tokens: burst, last: now }
+    }
+
+    /// Whether the bucket has refilled to `burst` by `now`.
+    fn refilled(&self, rate: f64, burst: f64, now: Instant) -> bool {
+        self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * rate >= burst
     }
 
     fn take(&mut self, n: f64, rate: f64, burst: f64, now: Instant) -> bool {
@@ -55,6 +70,8 @@ struct UserState {
 struct Inner {
     users: HashMap<Arc<str>, UserState>,
     connections: usize,
+    /// Entries with no connection.
+    idle: usize,
 }
 
 #[derive(Debug)]
@@ -87,7 +104,7 @@ impl ConnPermit {
 /// The rate-limit key: the user, or the connection itself when anonymous.
 pub fn key_for(user: &Arc<str>, anonymous: bool, conn: u64) -> Arc<str> {
     if anonymous {
-        format!("anonymous#{conn}").into()
+        format!("{PER_CONNECTION_PREFIX}{conn}").into()
     } else {
         user.clone()
     }
@@ -104,6 +121,15 @@ impl Limiter {
         if inner.connections >= s.connections_max {
             return Err(ConnRefusal::Global);
         }
+        if inner.idle > IDLE_SWEEP_MIN && inner.idle > inner.users.len() - inner.idle {
+            inner.users.retain(|_, u| {
+                u.connections > 0
+                    || !(u.messages.refilled(s.messages_per_sec, s.messages_burst, now)
+                        && u.bytes.refilled(s.bytes_per_sec, s.bytes_burst, now))
+            });
+            inner.idle = inner.users.values().filter(|u| u.connections == 0).count();
+        }
+        let was_idle = inner.users.get(&key).is_some_and(|u| u.connections == 0);
         let user = inner.users.entry(key.clone()).or_insert_with(|| UserState {
             messages: Bucket::full(s.messages_burst, now),
             bytes: Bucket::full(s.bytes_burst, now),
@@ -114,6 +140,9 @@ impl Limiter {
         }
         user.connections += 1;
         inner.connections += 1;
+        if was_idle {
+            inner.idle -= 1;
+        }
         Ok(ConnPermit { limiter: self.clone(), key })
     }
 
@@ -148,7 +177,11 @@ impl Drop for ConnPermit {
         if let Some(user) = inner.users.get_mut(&self.key) {
             user.connections -= 1;
             if user.connections == 0 {
-                inner.users.remove(&self.key);
+                if self.key.starts_with(PER_CONNECTION_PREFIX) {
+                    inner.users.remove(&self.key);
+                } else {
+                    inner.idle += 1;
+                }
             }
         }
     }
@@ -207,11 +240,39 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_dropped_with_the_last_connection() {
+    fn a_reconnect_does_not_refill_a_drained_bucket() {
         let limiter = Limiter::new(settings());
         let t = Instant::now();
-        let p = limiter.admit("u".into(), t).unwrap();
+        let key: Arc<str> = "u".into();
+        let p = limiter.admit(key.clone(), t).unwrap();
+        assert_eq!((0..30).filter(|_| limiter.allow_message(&key, 1, t)).count(), 20);
         drop(p);
+        let _p = limiter.admit(key.clone(), t).unwrap();
+        assert!(!limiter.allow_message(&key, 1, t), "the new connection shares the drained bucket");
+        assert!(limiter.allow_message(&key, 1, t + Duration::from_millis(100)), "which refills at its rate");
+        assert_eq!(limiter.inner.lock().unwrap().idle, 0);
+    }
+
+    #[test]
+    fn anonymous_entries_go_with_their_connection_and_idle_users_are_swept_once_refilled() {
+        let limiter = Limiter::new(LimitSettings { connections_per_user_max: 10, connections_max: 10, ..settings() });
+        let t = Instant::now();
+        let anonymous = limiter.admit(key_for(&"anonymous".into(), true, 7), t).unwrap();
+        drop(anonymous);
         assert!(limiter.inner.lock().unwrap().users.is_empty());
+        for i in 0..=IDLE_SWEEP_MIN {
+            let key: Arc<str> = format!("user{i}").into();
+            let p = limiter.admit(key.clone(), t).unwrap();
+            assert!(limiter.allow_message(&key, 1, t));
+            drop(p);
+        }
+        assert_eq!(limiter.inner.lock().unwrap().idle, IDLE_SWEEP_MIN + 1);
+        // Not refilled yet: nothing is swept.
+        let _p = limiter.admit("late".into(), t).unwrap();
+        assert_eq!(limiter.inner.lock().unwrap().users.len(), IDLE_SWEEP_MIN + 2);
+        // Refilled (one message at 10/s takes 0.1 s): swept at the next admission.
+        let _q = limiter.admit("later".into(), t + Duration::from_millis(200)).unwrap();
+        let inner = limiter.inner.lock().unwrap();
+        assert_eq!((inner.users.len(), inner.idle), (2, 0));
     }
 }

@@ -88,3 +88,23 @@ async fn awareness_over_its_size_or_client_count_limits_is_refused() {
     let id = peer.doc.client_id().get();
     peer.pump_until(|c| c.sees_presence(id), "peer's own awareness").await;
 }
+
+#[tokio::test]
+async fn reconnecting_does_not_buy_a_fresh_burst() {
+    let server = TestServer::start_with(&["--jwt-secret", "k", "--rate-messages-per-sec", "1", "--rate-messages-burst", "20"]);
+    let url = format!("{}?token={}", server.url("burst"), token("mallory"));
+    // The handshake (SyncStep1, SyncStep2) takes two messages; spend most of the rest.
+    let mut first = Client::synced(&url).await;
+    for i in 0..15u32 {
+        first.set_awareness(i + 1, "{}").await;
+    }
+    first.insert(0, "x").await;
+    first.wait_echo().await;
+    drop(first);
+    // A new connection of the same user shares the drained bucket instead of a new one.
+    let mut second = Client::synced(&url).await;
+    for i in 0..10u32 {
+        second.set_awareness(i + 1, "{}").await;
+    }
+    assert_eq!(second.closed_with().await, (1008, "rate limited".into()));
+}
