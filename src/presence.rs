@@ -142,6 +142,13 @@ impl Presence {
         self.len() == 0
     }
 
+    /// Whether `expire` has anything to do: a present client, or a removed one whose clock
+    /// is still remembered. The latter must be forgotten in time even when nobody is present,
+    /// or a document where clients keep joining and leaving grows its table until it unloads.
+    pub fn needs_expiry(&self) -> bool {
+        !self.clients.is_empty()
+    }
+
     // Removal keeps the clock: peers accept a same-clock `null` for a present client, which
     // is what y-protocols `removeAwarenessStates` sends for remote clients.
     fn remove_where(&mut self, now: Instant, pred: impl Fn(&ClientState) -> bool) -> Option<AwarenessUpdate> {
@@ -219,6 +226,21 @@ mod tests {
         assert!(removed.clients.values().all(|e| &*e.json == "null" && e.clock == 1));
         assert_eq!(p.len(), 1);
         assert!(p.remove_connection(1, t).is_none());
+    }
+
+    #[test]
+    fn removed_clients_are_forgotten_even_when_nobody_is_present() {
+        let mut p = Presence::default();
+        let t0 = Instant::now();
+        for conn in 0..100 {
+            p.apply(conn, update(&[(conn, 1, "{}")]), t0);
+            p.remove_connection(conn, t0);
+        }
+        assert!(p.is_empty());
+        assert!(p.needs_expiry(), "the removed clocks still need forgetting");
+        assert!(p.expire(t0 + REMOVED_KEEP + Duration::from_secs(1), Duration::from_secs(30)).is_none());
+        assert!(!p.needs_expiry());
+        assert!(p.clients.is_empty());
     }
 
     #[test]

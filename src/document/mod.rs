@@ -285,7 +285,7 @@ impl DocActor {
                     }
                     self.handle_left();
                 }
-                _ = expiry.tick(), if !self.presence.is_empty() || !self.locks.is_empty() => {
+                _ = expiry.tick(), if self.presence.needs_expiry() || !self.locks.is_empty() => {
                     self.expire_locks().await;
                     if let Some(removed) = self.presence.expire(Instant::now(), self.settings.awareness_timeout) {
                         self.report_presence();
