@@ -121,6 +121,11 @@ impl Registry {
     }
 
     /// Attachments (connections, OT sessions, requests) per live document.
+    /// Whether `shutdown` has begun (no new attachments).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.lock().expect("registry lock poisoned").shutting_down
+    }
+
     pub fn attachments(&self) -> HashMap<Arc<str>, usize> {
         self.lock().docs.iter().map(|(name, e)| (name.as_arc().clone(), e.attached)).collect()
     }

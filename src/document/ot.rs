@@ -249,6 +249,14 @@ impl DocActor {
 
     pub(super) async fn handle_ot(&mut self, req: OtRequest) {
         let OtRequest { conn, user, text, kind, reply } = req;
+        // A ShareDB request that reaches a stopping document (its session had it on the way
+        // when the server began to stop) is left unanswered: an error would make the stock
+        // client hard-roll-back, dropping the op and every pending one, while an unanswered op
+        // is re-sent after the reconnect (the socket closes with 1001). REST callers get 503.
+        if self.shutting_down && matches!(reply, OtReplyTo::Wire { .. }) {
+            tracing::debug!(conn, doc = %self.name, text = %text, "ot request left unanswered: shutting down");
+            return;
+        }
         let result = match kind {
             OtKind::Fetch { from } => self.ot_read(&text, from).await,
             OtKind::Subscribe { from, src } => {

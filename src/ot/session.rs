@@ -437,7 +437,8 @@ impl Session {
                 Ok(a) => {
                     self.docs.insert(doc.clone(), a);
                 }
-                Err(_) => return self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable)),
+                // Stopping: unanswered (see `unavailable`).
+                Err(_) => return,
             }
         }
         let mut request = self.ot_request(&text, action, error_echo(), kind);
@@ -461,7 +462,19 @@ impl Session {
             }
         }
         self.docs.remove(&doc);
-        self.reply(sharedb::error_reply(error_echo(), &OtError::Unavailable));
+        self.unavailable(error_echo());
+    }
+
+    /// The document could not take a request. While the server stops, that is left
+    /// unanswered: the stock client answers any op error but ERR_OP_SUBMIT_REJECTED with a
+    /// hard rollback that throws away the op and every pending one, whereas an unanswered op
+    /// is sent again after it reconnects (the socket is about to close with 1001).
+    fn unavailable(&mut self, echo: serde_json::Value) {
+        if self.registry.is_shutting_down() {
+            tracing::debug!(conn = self.conn, "ot: request left unanswered, the server is stopping");
+            return;
+        }
+        self.reply(sharedb::error_reply(echo, &OtError::Unavailable));
     }
 }
 
