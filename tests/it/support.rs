@@ -258,6 +258,28 @@ impl Client {
         covered_up_to(&self.server_has, self.doc.client_id())
     }
 
+    /// Reads and applies what arrives within `window`. Only the read is timed: a frame once
+    /// read is handled completely. (A timeout around `pump_until` can cut the handling of the
+    /// server's SyncStep1 in half, so that the SyncStep2 answer is never sent and every later
+    /// edit waits at the server for the offline edits it builds on.)
+    pub async fn pump_for(&mut self, window: Duration) {
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(frame) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match frame {
+                Some(Ok(Message::Binary(b))) => self.handle(&b).await,
+                Some(Ok(Message::Close(frame))) => {
+                    self.closed = Some(
+                        frame.map_or((1005, String::new()), |f: CloseFrame| (u16::from(f.code), f.reason.to_string())),
+                    );
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket error while pumping: {e}"),
+                None => panic!("socket ended while pumping (close {:?})", self.closed),
+            }
+        }
+    }
+
     /// Waits for the server to close the connection; returns the close code and reason.
     pub async fn closed_with(&mut self) -> (u16, String) {
         self.pump_until(|c| c.closed.is_some(), "close frame").await;
