@@ -14,9 +14,8 @@ import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 import { execFileSync } from 'node:child_process'
-import http from 'node:http'
 import WebSocket from 'ws'
-import { Server, waitFor } from './harness.mjs'
+import { Server, waitFor, restRequest } from './harness.mjs'
 
 const require = createRequire(import.meta.url)
 const ShareDB = require('sharedb/lib/client')
@@ -50,24 +49,7 @@ const textPath = name => `/api/docs/${encodeURIComponent(name)}/texts/t`
 
 /** One JSON request: `{ status, body }`, or rejects if the connection fails. */
 function rest (srv, method, path, body) {
-  const payload = body === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(body))
-  const headers = { 'content-length': payload.length, 'content-type': 'application/json' }
-  return new Promise((resolve, reject) => {
-    const req = http.request(srv.http + path, { method, headers, agent: false }, res => {
-      let raw = ''
-      res.setEncoding('utf8')
-      res.on('data', d => { raw += d })
-      res.on('end', () => {
-        let json
-        try { json = JSON.parse(raw) } catch { json = raw }
-        resolve({ status: res.statusCode, body: json })
-      })
-      res.on('error', reject)
-    })
-    req.setTimeout(10000, () => req.destroy(new Error(`${method} ${path}: no answer in 10 s`)))
-    req.on('error', reject)
-    req.end(payload)
-  })
+  return restRequest(srv, method, path, body, { agent: false })
 }
 
 function shareConnection (srv) {

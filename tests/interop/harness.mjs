@@ -3,6 +3,7 @@
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
+import http from 'node:http'
 import { Server as BaseServer } from '../support/server.mjs'
 import { waitFor } from '../support/wait.mjs'
 
@@ -94,6 +95,34 @@ export function rawSocket (server, path) {
         reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode, body }))
       })
     })
+  })
+}
+
+/**
+ * One JSON request to the server's HTTP API: resolves `{ status, body }` (the body parsed
+ * when it is JSON), rejects if the connection fails or nothing answers in 10 s. `agent:
+ * false` opens a fresh connection (for a server that may be killed mid-request).
+ */
+export function restRequest (srv, method, path, body, { token, agent } = {}) {
+  const payload = body === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(body))
+  const headers = { 'content-length': payload.length }
+  if (body !== undefined) headers['content-type'] = 'application/json'
+  if (token) headers.authorization = `Bearer ${token}`
+  return new Promise((resolve, reject) => {
+    const req = http.request(srv.http + path, { method, headers, ...(agent === undefined ? {} : { agent }) }, res => {
+      let raw = ''
+      res.setEncoding('utf8')
+      res.on('data', d => { raw += d })
+      res.on('end', () => {
+        let json
+        try { json = JSON.parse(raw) } catch { json = raw }
+        resolve({ status: res.statusCode, body: json })
+      })
+      res.on('error', reject)
+    })
+    req.setTimeout(10000, () => req.destroy(new Error(`${method} ${path}: no answer in 10 s`)))
+    req.on('error', reject)
+    req.end(payload)
   })
 }
 

@@ -6,9 +6,8 @@ import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 import { execFileSync } from 'node:child_process'
 import { isDeepStrictEqual } from 'node:util'
-import http from 'node:http'
 import WebSocket from 'ws'
-import { Server, Clients, waitFor, synced, binaryPath, underlyingSocket, rawSocket } from './harness.mjs'
+import { Server, Clients, waitFor, synced, binaryPath, underlyingSocket, rawSocket, restRequest } from './harness.mjs'
 
 const require = createRequire(import.meta.url)
 const ShareDB = require('sharedb/lib/client')
@@ -115,26 +114,7 @@ const textPath = (name, text = 't') => `/api/docs/${encodeURIComponent(name)}/te
  * around it so that the other tests exercise what they are about.
  */
 function rest (method, path, body, { srv = server, token } = {}) {
-  const payload = body === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(body))
-  const headers = { 'content-length': payload.length }
-  if (body !== undefined) headers['content-type'] = 'application/json'
-  if (token) headers.authorization = `Bearer ${token}`
-  return new Promise((resolve, reject) => {
-    const req = http.request(srv.http + path, { method, headers }, res => {
-      let raw = ''
-      res.setEncoding('utf8')
-      res.on('data', d => { raw += d })
-      res.on('end', () => {
-        let json
-        try { json = JSON.parse(raw) } catch { json = raw }
-        resolve({ status: res.statusCode, body: json })
-      })
-      res.on('error', reject)
-    })
-    req.setTimeout(10000, () => req.destroy(new Error(`${method} ${path}: no answer in 10 s`)))
-    req.on('error', reject)
-    req.end(payload)
-  })
+  return restRequest(srv, method, path, body, { token })
 }
 
 async function getText (name, opts) {
