@@ -1,7 +1,7 @@
 //! Hostile updates (SPEC §8): refused with 1008 before yrs sees them; nothing stored or
 //! relayed; the document stays healthy for everyone, also after a restart.
 
-use yrs::{Any, Doc, Map, Text, Transact};
+use yrs::{Doc, Map, Text, Transact};
 
 use crate::support::{read_db, Client, TestServer};
 
@@ -61,7 +61,7 @@ async fn an_update_that_would_break_encoding_is_refused_and_joiners_still_sync()
     let mut server = TestServer::start();
     let url = server.url("breaks");
     // The vector was found against the same document as the fuzz inputs.
-    let mut peer = Client::connect_with_doc(&url, fuzz_base_doc()).await;
+    let mut peer = Client::connect_with_doc(&url, crate::checks::update_base_doc()).await;
     peer.sync().await;
     peer.wait_echo().await;
     // Applies cleanly in yrs 0.28.1 and then makes every full-state encode panic.
@@ -126,24 +126,10 @@ fn write_var(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// The document the fuzzer ran against: client 1's text and map.
-fn fuzz_base_doc() -> Doc {
-    let doc = Doc::with_client_id(1);
-    {
-        let t = doc.get_or_insert_text("t");
-        let m = doc.get_or_insert_map("m");
-        let mut txn = doc.transact_mut();
-        t.insert(&mut txn, 0, "hello world");
-        t.remove_range(&mut txn, 2, 3);
-        m.insert(&mut txn, "k", Any::from(1.0));
-    }
-    doc
-}
-
 #[tokio::test]
 async fn updates_with_missing_dependencies_never_reach_yrs() {
     let server = TestServer::start();
-    let mut peer = Client::connect_with_doc(&server.url("gaps"), fuzz_base_doc()).await;
+    let mut peer = Client::connect_with_doc(&server.url("gaps"), crate::checks::update_base_doc()).await;
     peer.sync().await;
     peer.wait_echo().await;
     // Found by `cargo fuzz run update` (fuzz/seeds/update): both pass validation but have gaps.
