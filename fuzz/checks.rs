@@ -326,7 +326,8 @@ pub fn docname(data: &[u8]) -> bool {
 pub fn rest(data: &[u8]) -> bool {
     let Some((&mode, rest)) = data.split_first() else { return false };
     let Some(arg) = text(rest) else { return false };
-    let refused = |(status, _, _): rest::Failure| {
+    let refused = |e: rest::Failure| {
+        let status = e.status();
         assert!(status == 400 || status == 404, "status {status}");
         false
     };

@@ -20,10 +20,11 @@ use warp::http::{header, HeaderMap, Response, StatusCode};
 use warp::hyper::body::Bytes;
 use warp::{Filter, Rejection, Reply};
 
+use crate::api_error::{self, ApiError};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::docname::DocName;
-use crate::limits::{key_for, ConnRefusal, LimitSettings, Limiter};
+use crate::limits::{key_for, LimitSettings, Limiter};
 use crate::ot::session::{OtSessionParams, OtSessionSettings};
 use crate::outbox::{self, Opcode};
 use crate::registry::Registry;
@@ -130,7 +131,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                         Ok(doc) => Target::Document(doc),
                         Err(e) => {
                             tracing::warn!(path = p, error = %e, "refused upgrade: invalid document name (400)");
-                            return Ok(plain(StatusCode::BAD_REQUEST, &format!("invalid document name: {e}")));
+                            return Ok(refused_upgrade(&ApiError::InvalidDocumentPath(e)));
                         }
                     },
                 };
@@ -158,13 +159,12 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                   body: Option<Bytes>,
                   state: Arc<AppState>| async move {
                 let Some(body) = body else {
-                    crate::metrics::METRICS.refused("http 413 PAYLOAD_TOO_LARGE");
-                    let message = format!("the body is larger than {body_max} bytes (--message-bytes-max)");
-                    let json = serde_json::json!({"error": {"code": "PAYLOAD_TOO_LARGE", "message": message}});
+                    let e = ApiError::PayloadTooLarge(body_max);
+                    crate::metrics::METRICS.refused(&format!("http {} {}", e.status(), e.code()));
                     let response = Response::builder()
-                        .status(StatusCode::PAYLOAD_TOO_LARGE)
+                        .status(e.status())
                         .header(header::CONTENT_TYPE, "application/json")
-                        .body(Bytes::from(json.to_string()))
+                        .body(Bytes::from(e.body().to_string()))
                         .expect("json response");
                     return Ok::<_, Rejection>(warp::reply::Reply::into_response(response));
                 };
@@ -192,8 +192,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                             .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
                             .header(header::CONTENT_TYPE, "application/json");
                         if status == 401 {
-                            builder = builder
-                                .header(header::WWW_AUTHENTICATE, "Bearer realm=\"yserve\", error=\"invalid_token\"");
+                            builder = builder.header(header::WWW_AUTHENTICATE, api_error::WWW_AUTHENTICATE);
                         }
                         builder.body(Bytes::from(json.to_string()))
                     }
@@ -289,6 +288,21 @@ pub(crate) fn plain(status: StatusCode, reason: &str) -> Response<warp::hyper::b
         .expect("static response")
 }
 
+/// A refused upgrade: the status and the message as plain text (the code is not sent),
+/// with `WWW-Authenticate` on a 401 and `Retry-After` on a connection cap.
+fn refused_upgrade(e: &ApiError) -> Response<Bytes> {
+    let mut response = plain(StatusCode::from_u16(e.status()).expect("a status"), &e.message());
+    if e.status() == 401 {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(api_error::WWW_AUTHENTICATE));
+    }
+    if let Some(secs) = e.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    response
+}
+
 fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppState>) -> Response<Bytes> {
     let Upgrade { target, token, headers } = request;
     // For logs: the document, or the OT endpoint.
@@ -300,19 +314,14 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
     if let Some(origin) = origin.filter(|_| !state.config.allowed_origin.is_empty()) {
         if !state.config.allowed_origin.iter().any(|allowed| allowed == origin) {
             tracing::warn!(doc = %doc, origin, "refused upgrade: origin not allowed (403)");
-            return plain(StatusCode::FORBIDDEN, "origin not allowed");
+            return refused_upgrade(&ApiError::OriginNotAllowed);
         }
     }
     let identity = match state.auth.authenticate(token.as_deref(), now_unix()) {
         Ok(identity) => identity,
         Err(e) => {
             tracing::warn!(doc = %doc, error = %e, "refused upgrade: not authenticated (401)");
-            let mut response = plain(StatusCode::UNAUTHORIZED, &e.to_string());
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"yserve\", error=\"invalid_token\""),
-            );
-            return response;
+            return refused_upgrade(&ApiError::Unauthorized(e));
         }
     };
     let access = match &target {
@@ -320,7 +329,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
             Some(access) => Some(access),
             None => {
                 tracing::warn!(doc = %doc, user = %identity.user, "refused upgrade: no grant for the document (403)");
-                return plain(StatusCode::FORBIDDEN, "no grant for this document");
+                return refused_upgrade(&ApiError::NoGrant);
             }
         },
         Target::Ot => None,
@@ -330,24 +339,20 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
     let permit = match state.limiter.admit(key, Instant::now()) {
         Ok(permit) => permit,
         Err(refusal) => {
-            let status = match refusal {
-                ConnRefusal::PerUser => StatusCode::TOO_MANY_REQUESTS,
-                ConnRefusal::Global => StatusCode::SERVICE_UNAVAILABLE,
-            };
+            let e = ApiError::ConnectionCap(refusal);
+            let status = StatusCode::from_u16(e.status()).expect("a status");
             tracing::warn!(doc = %doc, user = %identity.user, %status, "refused upgrade: {refusal}");
-            let mut response = plain(status, &refusal.to_string());
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-            return response;
+            return refused_upgrade(&e);
         }
     };
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return plain(StatusCode::BAD_REQUEST, "unsupported websocket version (need 13)");
+        return refused_upgrade(&ApiError::WebSocketVersion);
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return plain(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
+        return refused_upgrade(&ApiError::WebSocketKeyMissing);
     };
     let Some(on_upgrade) = on_upgrade else {
-        return plain(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+        return refused_upgrade(&ApiError::NotUpgradable);
     };
     let accept = derive_accept_key(key.as_bytes());
     let ws_config = state.ws_config();

@@ -1,6 +1,7 @@
 //! yserve: a durable, y-websocket-compatible Yjs sync server on SQLite.
 //! See ARCHITECTURE.md for the code map and invariants.
 
+pub mod api_error;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -1,7 +1,7 @@
 //! The REST API (SPEC §5 mirror and §6): request in, `Reply` out; `http` routes `/api/…`
 //! here and knows nothing of what it does. Same auth as the WebSockets. Errors are
-//! `{"error": {"code", "message"}}`: ShareDB's codes for the OT routes, and short upper-case
-//! codes for the others.
+//! `ApiError`s, answered as `{"error": {"code", "message"}}`: ShareDB's codes for the OT
+//! routes, and short upper-case codes for the others.
 //!
 //! `{name}` and `{text}` are single path segments, percent-encoded (a `/` in a document name
 //! is `%2F`), as `encodeURIComponent` writes them.
@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
+use crate::api_error::ApiError;
 use crate::auth::{Access, Identity};
 use crate::docname::DocName;
 use crate::document::{
@@ -82,16 +83,12 @@ pub enum Route {
     Ops { doc: DocName, text: DocName },
 }
 
-/// Status, error code and message of a refused request.
+/// A refused request.
 #[doc(hidden)]
-pub type Failure = (u16, &'static str, String);
-
-fn failure(e: OtError) -> Failure {
-    (e.status(), e.code(), e.to_string())
-}
+pub type Failure = ApiError;
 
 fn bad_request(message: impl Into<String>) -> Failure {
-    (400, "BAD_REQUEST", message.into())
+    ApiError::BadRequest(message.into())
 }
 
 pub async fn handle(state: &AppState, req: Request<'_>) -> Reply {
@@ -104,9 +101,9 @@ pub async fn handle(state: &AppState, req: Request<'_>) -> Reply {
             })))
         }
         Ok(reply) => reply,
-        Err((status, code, message)) => {
-            crate::metrics::METRICS.refused(&format!("http {status} {code}"));
-            Reply::Json(status, json!({"error": {"code": code, "message": message}}))
+        Err(e) => {
+            crate::metrics::METRICS.refused(&format!("http {} {}", e.status(), e.code()));
+            Reply::Json(e.status(), e.body())
         }
     }
 }
@@ -129,10 +126,9 @@ impl Drop for SseGuard {
 
 async fn handle_inner(state: &AppState, req: Request<'_>) -> Result<Reply, Failure> {
     let route = parse_route(req.path)?;
-    let identity =
-        state.auth.authenticate(req.token.as_deref(), now_unix()).map_err(|e| (401, "UNAUTHORIZED", e.to_string()))?;
+    let identity = state.auth.authenticate(req.token.as_deref(), now_unix()).map_err(ApiError::Unauthorized)?;
     let method = req.method;
-    let not_allowed = || (405, "METHOD_NOT_ALLOWED", format!("{method} is not allowed here"));
+    let not_allowed = || ApiError::MethodNotAllowed(method.to_owned());
     match route {
         Route::Docs if method == "GET" => list_documents(state, &identity).await,
         Route::Stats if method == "GET" => Ok(Reply::Json(200, stats(state))),
@@ -193,13 +189,13 @@ async fn handle_inner(state: &AppState, req: Request<'_>) -> Result<Reply, Failu
         Route::Json(_) | Route::History(_) | Route::Presence(_) => Err(not_allowed()),
         Route::Text { doc, text } | Route::Ops { doc, text } if identity.access(doc.as_str()).is_none() => {
             tracing::warn!(doc = %doc, text = %text, user = %identity.user, "rest: no grant for the document (403)");
-            Err(failure(OtError::Forbidden))
+            Err(OtError::Forbidden.into())
         }
         Route::Text { doc, text } => {
             let kind = match method {
                 "GET" => OtKind::Fetch { from: None },
                 "POST" => {
-                    let submit = parse_submit(req.body, &state.config.ot_op_limits()).map_err(failure)?;
+                    let submit = parse_submit(req.body, &state.config.ot_op_limits()).map_err(ApiError::Ot)?;
                     let writable = identity.access(doc.as_str()) == Some(Access::Write);
                     OtKind::Submit { v: submit.v, src: submit.src, seq: submit.seq, op: submit.op, writable }
                 }
@@ -210,7 +206,7 @@ async fn handle_inner(state: &AppState, req: Request<'_>) -> Result<Reply, Failu
         Route::Ops { doc, text } if method == "GET" => {
             let from = match req.query.get("from") {
                 None => 0,
-                Some(v) => v.parse().map_err(|_| failure(OtError::BadMessage("from must be a version".into())))?,
+                Some(v) => v.parse().map_err(|_| OtError::BadMessage("from must be a version".into()))?,
             };
             ot_request(state, &identity, &doc, &text, OtKind::Fetch { from: Some(from) }).await
         }
@@ -224,18 +220,18 @@ fn require(identity: &Identity, doc: &DocName, need: Access) -> Result<(), Failu
         Some(Access::Read) if need == Access::Read => Ok(()),
         Some(Access::Read) => {
             tracing::warn!(doc = %doc, user = %identity.user, "rest: write refused to a read grant (403)");
-            Err((403, "FORBIDDEN", "read-only access to this document".into()))
+            Err(ApiError::ReadOnly)
         }
         None => {
             tracing::warn!(doc = %doc, user = %identity.user, "rest: no grant for the document (403)");
-            Err((403, "FORBIDDEN", "no grant for this document".into()))
+            Err(ApiError::NoGrant)
         }
     }
 }
 
 fn store_failure(e: impl std::fmt::Display) -> Failure {
     tracing::error!(error = %e, "rest: store request failed");
-    (503, "UNAVAILABLE", "the store is unavailable".into())
+    ApiError::StoreUnavailable
 }
 
 async fn list_documents(state: &AppState, identity: &Identity) -> Result<Reply, Failure> {
@@ -277,11 +273,10 @@ async fn ask<T>(
     make: impl FnOnce(u64, oneshot::Sender<T>) -> DocMsg,
 ) -> Result<T, Failure> {
     let conn = state.next_conn();
-    let attachment =
-        state.registry.attach(doc, conn).map_err(|_| (503, "UNAVAILABLE", "server shutting down".into()))?;
+    let attachment = state.registry.attach(doc, conn).map_err(|_| ApiError::ShuttingDown)?;
     let (tx, rx) = oneshot::channel();
-    attachment.handle.send(make(conn, tx)).await.map_err(|_| (503, "UNAVAILABLE", "document unavailable".into()))?;
-    let answer = rx.await.map_err(|_| (503, "UNAVAILABLE", "document unavailable".into()))?;
+    attachment.handle.send(make(conn, tx)).await.map_err(|_| ApiError::DocumentUnavailable)?;
+    let answer = rx.await.map_err(|_| ApiError::DocumentUnavailable)?;
     drop(attachment);
     Ok(answer)
 }
@@ -303,11 +298,7 @@ async fn state_bytes(
     let name = doc.as_str().to_owned();
     let stored = state.store.read(move |c| offline::state_at(c, &name, Some(at))).await.map_err(store_failure)?;
     let Some(stored) = stored else {
-        return Err((
-            404,
-            "NOT_FOUND",
-            format!("no stored state at seq {at} (no such document, seq beyond its log, or history pruned)"),
-        ));
+        return Err(ApiError::NoStateAt(at));
     };
     let ydoc = Doc::new();
     {
@@ -360,22 +351,22 @@ async fn post_update(
         t.eq_ignore_ascii_case("application/octet-stream")
     });
     if !binary {
-        return Err((415, "UNSUPPORTED_MEDIA_TYPE", "send a binary Yjs v1 update as application/octet-stream".into()));
+        return Err(ApiError::UnsupportedMediaType);
     }
     let limits = crate::validate::Limits { any_depth_max: state.config.update_depth_max };
     let checked = crate::protocol::check_update(body, &limits).map_err(|e| {
         tracing::warn!(doc = %doc, user = %identity.user, error = %e, "rest: update refused (400)");
-        bad_request(format!("update refused: {e}"))
+        ApiError::UpdateInvalid(e.to_string())
     })?;
     let user = identity.user.clone();
     let result =
         ask(state, doc, |conn, reply| DocMsg::Query(DocQuery::Apply { conn, update: checked, user, reply })).await?;
     match result {
         Ok(seq) => Ok(Reply::Json(200, json!({ "seq": seq, "applied": seq.is_some() }))),
-        Err(e @ ApplyRefusal::ShuttingDown) => Err((503, "UNAVAILABLE", e.to_string())),
+        Err(e @ ApplyRefusal::ShuttingDown) => Err(e.into()),
         Err(e) => {
             tracing::warn!(doc = %doc, user = %identity.user, error = %e, "rest: update refused (400)");
-            Err(bad_request(e.to_string()))
+            Err(e.into())
         }
     }
 }
@@ -391,7 +382,7 @@ async fn history(state: &AppState, doc: &DocName, query: &HashMap<String, String
         .read(move |c| offline::log(c, &name, after + 1, Some(limit as u64)))
         .await
         .map_err(store_failure)?
-        .ok_or_else(|| (404, "NOT_FOUND", format!("no document named {doc}")))?;
+        .ok_or_else(|| ApiError::NoSuchDocument(doc.to_string()))?;
     let next = (rows.len() == limit).then(|| rows.last().map(|r| r.seq)).flatten();
     let entries: Vec<Value> =
         rows.iter().map(|r| json!({"seq": r.seq, "time": r.created_at, "origin": r.origin, "size": r.bytes})).collect();
@@ -428,12 +419,11 @@ async fn doc_events(state: &AppState, doc: &DocName, last_event_id: Option<&str>
     let last = last_event_id.and_then(parse_event_id);
     let conn = state.next_conn();
     // The stream holds its attachment: the document stays live while someone watches.
-    let attachment =
-        state.registry.attach(doc, conn).map_err(|_| (503, "UNAVAILABLE", "server shutting down".into()))?;
+    let attachment = state.registry.attach(doc, conn).map_err(|_| ApiError::ShuttingDown)?;
     let (tx, rx) = oneshot::channel();
     let query = DocMsg::Query(DocQuery::Events { last_event_id: last, reply: tx });
-    attachment.handle.send(query).await.map_err(|_| (503, "UNAVAILABLE", "document unavailable".into()))?;
-    let sub = rx.await.map_err(|_| (503, "UNAVAILABLE", "document unavailable".into()))?;
+    attachment.handle.send(query).await.map_err(|_| ApiError::DocumentUnavailable)?;
+    let sub = rx.await.map_err(|_| ApiError::DocumentUnavailable)?;
     let mut replay = Vec::new();
     if let Some((after, upto)) = sub.replay_from_store {
         let name = doc.as_str().to_owned();
@@ -507,22 +497,19 @@ async fn locks(state: &AppState, doc: &DocName, identity: &Identity, op: LockOp)
     match result {
         Ok(locks) if listing => Ok(Reply::Json(200, json!({"locks": locks.iter().map(lock_json).collect::<Vec<_>>()}))),
         Ok(locks) => Ok(Reply::Json(200, locks.first().map(lock_json).unwrap_or(Value::Null))),
-        Err(LockError::Held { key, holder, expires_at_ms }) => Ok(Reply::Json(
-            409,
-            json!({
-                "error": {"code": "LOCKED", "message": format!("'{key}' is locked by {holder}")},
-                "holder": &*holder,
-                "expires_at": crate::document::format_ms(expires_at_ms),
-            }),
-        )),
-        Err(e @ LockError::NotLocked { .. }) => Err((404, "NOT_LOCKED", e.to_string())),
+        // Answered here rather than by `handle`: a held lock is not counted as a refusal.
+        Err(e @ LockError::Held { .. }) => {
+            let e = ApiError::Lock(e);
+            Ok(Reply::Json(e.status(), e.body()))
+        }
+        Err(e @ LockError::NotLocked { .. }) => Err(e.into()),
     }
 }
 
 async fn delete_document(state: &AppState, doc: &DocName) -> Result<Reply, Failure> {
     let existed = ask(state, doc, |_, reply| DocMsg::Query(DocQuery::Delete(reply))).await?.map_err(store_failure)?;
     if !existed {
-        return Err((404, "NOT_FOUND", format!("no document named {doc}")));
+        return Err(ApiError::NoSuchDocument(doc.to_string()));
     }
     Ok(Reply::Json(200, json!({ "deleted": doc.as_str() })))
 }
@@ -539,7 +526,7 @@ async fn ot_request(
     let reply =
         ask(state, doc, |conn, tx| DocMsg::Ot(OtRequest { conn, user, text, kind, reply: OtReplyTo::Rest(tx) }))
             .await?;
-    let json = match reply.map_err(failure)? {
+    let json = match reply? {
         OtReply::Snapshot { v, epoch, data } => {
             json!({"v": v, "epoch": &*epoch, "ops": data.to_json(), "text": plain_text(&data)})
         }
@@ -552,13 +539,13 @@ async fn ot_request(
 
 #[doc(hidden)]
 pub fn parse_route(path: &str) -> Result<Route, Failure> {
-    let not_found = || (404, "NOT_FOUND", format!("no such resource: /api/{path}"));
+    let not_found = || ApiError::NoSuchResource(path.to_owned());
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let name = |s: &str| -> Result<DocName, Failure> {
         let decoded = percent_encoding::percent_decode_str(s)
             .decode_utf8()
-            .map_err(|_| failure(OtError::BadMessage("name is not UTF-8".into())))?;
-        DocName::new(&decoded).map_err(|e| failure(OtError::BadMessage(e.to_string())))
+            .map_err(|_| OtError::BadMessage("name is not UTF-8".into()))?;
+        DocName::new(&decoded).map_err(|e| OtError::BadMessage(e.to_string()).into())
     };
     match segments.as_slice() {
         ["docs"] => Ok(Route::Docs),

@@ -1,7 +1,7 @@
 // The JSON that yserve puts on the wire, mirrored field for field (snake_case kept, as the
 // server writes it), so that a change on the server shows up here as one diff. The sources
-// of truth are `src/rest.rs` (REST bodies and error codes), `src/ot/error.rs` (ShareDB
-// codes), `src/http.rs` (413), `src/document/events.rs` and `src/document/query.rs` (event
+// of truth are `src/rest.rs` (REST bodies), `src/api_error.rs` (error codes and statuses),
+// `src/ot/error.rs` (ShareDB codes), `src/document/events.rs` and `src/document/query.rs` (event
 // stream payloads) and `src/registry.rs` / `src/session.rs` (server-wide events).
 //
 // Nothing here does IO; `api.ts` and `ot.ts` use these types.
@@ -164,8 +164,10 @@ export interface Deleted {
 // Errors: `{"error": {"code", "message"}}`, keyed by code.
 
 /**
- * Codes of the plain REST routes (`src/rest.rs`, `src/http.rs`) and their statuses. (An
- * invalid name in the path is the ShareDB code `ERR_MESSAGE_BADLY_FORMED`, on every route.)
+ * Codes of the plain REST routes and their statuses, from `ApiError` (`src/api_error.rs`,
+ * whose `CODES` lists `RestErrorCode` then `OtErrorCode` in this order: a Rust test checks
+ * it). (An invalid name in the path is the ShareDB code `ERR_MESSAGE_BADLY_FORMED`, on every
+ * route.)
  */
 export type RestErrorCode =
   | 'BAD_REQUEST' // 400: bad parameters or body (not a name: see ERR_MESSAGE_BADLY_FORMED)
@@ -177,6 +179,7 @@ export type RestErrorCode =
   | 'LOCKED' // 409: the lock is held by someone else (body has `holder`, `expires_at`)
   | 'PAYLOAD_TOO_LARGE' // 413
   | 'UNSUPPORTED_MEDIA_TYPE' // 415
+  | 'TOO_MANY_CONNECTIONS' // 429: WebSocket upgrades only (plain-text body, Retry-After), never in a JSON body
   | 'UNAVAILABLE' // 503
 
 /**
@@ -195,6 +198,7 @@ export type OtErrorCode =
   | 'ERR_OP_SUBMIT_REJECTED' // 403 read-only grant, 423 text locked by another user
   | 'ERR_SNAPSHOT_READS_REJECTED' // 403: no grant
   | 'ERR_UNKNOWN_ERROR' // 503
+  | 'ERR_TYPE_DOES_NOT_SUPPORT_PRESENCE' // 400: OT WebSocket presence only
 
 /** Every code the server writes in an error body. */
 export type ServerErrorCode = RestErrorCode | OtErrorCode
