@@ -25,10 +25,10 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::docname::DocName;
 use crate::limits::{key_for, LimitSettings, Limiter};
-use crate::ot::session::{OtSessionParams, OtSessionSettings};
 use crate::outbox::{self, Opcode};
 use crate::registry::Registry;
 use crate::rest;
+use crate::session::ot::{OtSessionParams, OtSessionSettings};
 use crate::session::{self, SessionParams, SessionSettings, Sessions};
 
 fn ot_session_settings(config: &Config) -> OtSessionSettings {
@@ -374,40 +374,31 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
         let (socket, outbox, sender) = outbox::link(TokioIo::new(upgraded), queue_bytes_max, opcode);
         let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(ws_config)).await;
         let expires_in = identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix())));
+        let link = session::Link { conn, expires_in, permit, limiter: state.limiter.clone(), outbox, sender };
         match (target, access) {
             (Target::Document(doc), Some(access)) => {
                 // Every line logged by the session carries its connection, user and document
                 // (the JSON log format prints the span's fields on each line).
                 let span = tracing::info_span!("session", conn, user = %identity.user, doc = %doc);
                 let params = SessionParams {
-                    conn,
+                    link,
                     doc,
                     user: identity.user,
                     access,
-                    expires_in,
-                    permit,
-                    limiter: state.limiter.clone(),
                     settings: SessionSettings::from(&state.config),
-                    outbox,
-                    sender,
                 };
-                session::run(ws, state.registry.clone(), params).instrument(span).await;
+                session::yjs::run(ws, state.registry.clone(), params).instrument(span).await;
             }
             (_, _) => {
                 let span = tracing::info_span!("ot_session", conn, user = %identity.user);
                 let params = OtSessionParams {
-                    conn,
+                    link,
                     sessions: state.sessions.clone(),
                     identity,
-                    expires_in,
-                    permit,
-                    limiter: state.limiter.clone(),
                     settings: ot_session_settings(&state.config),
-                    outbox,
-                    sender,
                     presence: state.ot_presence.clone(),
                 };
-                crate::ot::session::run(ws, state.registry.clone(), params).instrument(span).await;
+                session::ot::run(ws, state.registry.clone(), params).instrument(span).await;
             }
         }
     });

@@ -6,16 +6,15 @@
 //! - `sequencer`: versions, the op log and ShareDB's submit rules for one text, pure.
 //! - `ytext`: deltas to and from a `Y.Text`, with the checks that keep bad ops out of yrs.
 //! - `sharedb`: the ShareDB wire messages, pure.
-//! - `session`: one ShareDB WebSocket connection.
 //! - `presence`: ShareDB presence channels (cursors of OT clients), relayed between connections.
 //! - `error`: every OT error with its ShareDB code and HTTP status.
 //!
-//! The sequencers themselves live in the document actor (`document::ot`).
+//! The sequencers themselves live in the document actor (`document::ot`), the WebSocket
+//! connection in `session::ot`.
 
 pub mod delta;
 pub mod error;
 pub mod presence;
 pub mod sequencer;
-pub mod session;
 pub mod sharedb;
 pub mod ytext;

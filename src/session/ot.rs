@@ -2,37 +2,34 @@
 //! document actors of the collections they name, replies and subscribed ops written back
 //! from one outbox (so an ack never overtakes an op its client must see first).
 //!
-//! One task per connection, like the Yjs `session`. Ordinary errors (a bad op, a version too
-//! old) are error replies and the connection stays open, as with ShareDB; binary frames
-//! (1003), oversized messages (1009), rate limiting (1008), expiry (4401) and silence (4408)
-//! close it. Called by `http` after the upgrade.
+//! The `Protocol` the shared loop (`session`) runs for an OT connection; the wire, the
+//! deltas and the presence channels are `crate::ot`. Ordinary errors (a bad op, a version
+//! too old) are error replies and the connection stays open, as with ShareDB; only the
+//! loop's refusals (1001, 1003, 1008, 1009, 4401, 4408) close it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::Value;
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::error::CapacityError;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use super::{serve, Clock, Link, Peer, Protocol, Sessions};
 
 use crate::auth::{Access, Identity};
 use crate::docname::DocName;
 use crate::document::{DocMsg, OtKind, OtReplyTo, OtRequest};
-use crate::limits::{ConnPermit, Limiter};
 use crate::metrics::METRICS;
 use crate::ot::delta::{Delta, DeltaLimits};
 use crate::ot::error::OtError;
 use crate::ot::presence::{channel_documents, Hub, IDS_PER_CHANNEL_MAX};
 use crate::ot::sharedb::{self, OpBody, Presence, Request};
-use crate::outbox::{Next, Outbox, OutboxPeer, OutboxSender, Socket};
+use crate::outbox::{OutboxPeer, Socket};
 use crate::presence::ConnId;
-use crate::protocol::{close, CloseReason};
+use crate::protocol::CloseReason;
 use crate::registry::{Attachment, Registry};
-use std::sync::atomic::Ordering::Relaxed;
 
 /// Per-connection settings, from `Config`.
 #[derive(Debug, Clone)]
@@ -48,16 +45,11 @@ pub struct OtSessionSettings {
 }
 
 pub struct OtSessionParams {
-    pub conn: ConnId,
-    pub sessions: Arc<crate::session::Sessions>,
+    /// Its outbox takes text frames.
+    pub link: Link,
+    pub sessions: Arc<Sessions>,
     pub identity: Identity,
-    pub expires_in: Option<Duration>,
-    pub permit: ConnPermit,
-    pub limiter: Arc<Limiter>,
     pub settings: OtSessionSettings,
-    /// The connection's socket as documents write to it (`outbox::link`, text frames).
-    pub outbox: Outbox,
-    pub sender: OutboxSender,
     /// The server's presence channels (`ot::presence`).
     pub presence: Arc<Hub>,
 }
@@ -83,11 +75,53 @@ struct Session {
     sent: HashMap<Arc<str>, HashMap<String, Presence>>,
 }
 
+impl Protocol for Session {
+    const TEXT: bool = true;
+    const CLOSING: &'static str = "closing ot connection";
+    const CONNECTION: &'static str = "an OT connection";
+    const ERROR: &'static str = "ot connection error";
+    type Kept = ();
+
+    /// Ordinary errors are error replies: the connection stays open.
+    async fn on_frame(&mut self, frame: Message) -> Option<CloseReason> {
+        if let Message::Text(text) = frame {
+            self.handle_frame(text.as_str()).await;
+        }
+        None
+    }
+
+    /// Before the connection goes: out of every channel, and its presences withdrawn.
+    async fn leave(&mut self) {
+        for ch in std::mem::take(&mut self.subscribed) {
+            self.presence.unsubscribe(&ch, self.conn);
+        }
+        let channels: Vec<Arc<str>> = self.sent.keys().cloned().collect();
+        for ch in channels {
+            self.withdraw(&ch).await;
+        }
+    }
+
+    /// Drops the attachments.
+    fn detach(self) {}
+}
+
 pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, params: OtSessionParams) {
-    let OtSessionParams { conn, sessions, identity, expires_in, permit, limiter, settings, outbox, sender, presence } =
-        params;
+    let OtSessionParams { link, sessions, identity, settings, presence } = params;
+    let Link { conn, expires_in, permit, limiter, outbox, sender } = link;
     let own_id: Arc<str> = client_id(conn).into();
-    let mut session = Session {
+    let user = identity.user.clone();
+    let clock = Clock::start(settings.ping_interval, expires_in);
+    let peer = Peer {
+        conn,
+        user: user.clone(),
+        doc: None,
+        expires_in,
+        permit: &permit,
+        limiter: &limiter,
+        idle_timeout: settings.idle_timeout,
+        sessions: Some(&sessions),
+    };
+    let session = Session {
         conn,
         src: own_id.clone(),
         own_id,
@@ -100,78 +134,8 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
         subscribed: HashSet::new(),
         sent: HashMap::new(),
     };
-    let user = session.identity.user.clone();
-    let mut ping = tokio::time::interval(session.settings.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let expiry = tokio::time::sleep(expires_in.unwrap_or(Duration::from_secs(10 * 365 * 86_400)));
-    tokio::pin!(expiry);
     tracing::debug!(conn, user = %user, "ot connection opened");
-    let mut refusal: Option<CloseReason> = None;
-    while refusal.is_none() {
-        tokio::select! {
-            // Documents write replies and ops to the socket themselves; this drains what the
-            // socket did not take at once (it still goes out before a shutdown's close frame).
-            next = outbox.next() => match next {
-                Next::Close(reason) => refusal = Some(reason),
-                Next::Broken => break,
-            },
-            _ = sessions.closing() => {
-                refusal = Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
-            }
-            _ = &mut expiry, if expires_in.is_some() => {
-                tracing::info!(conn, user = %user, "closing ot connection: token expired (4401)");
-                refusal = Some(CloseReason::new(close::TOKEN_EXPIRED, "token expired"));
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= session.settings.idle_timeout {
-                    tracing::info!(conn, user = %user, "closing ot connection: no message or pong (4408)");
-                    refusal = Some(CloseReason::new(close::IDLE_TIMEOUT, "idle timeout"));
-                } else {
-                    outbox.ping();
-                }
-            }
-            msg = ws.next() => {
-                if let Some(Ok(m)) = &msg {
-                    last_heard = Instant::now();
-                    METRICS.bytes_received.fetch_add(m.len() as u64, Relaxed);
-                }
-                match msg {
-                    None => break,
-                    Some(Ok(Message::Text(text))) => {
-                        if !limiter.allow_message(permit.key(), text.len(), Instant::now().into_std()) {
-                            tracing::warn!(conn, user = %user, bytes = text.len(), "refused: rate limited (1008)");
-                            refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "rate limited"));
-                        } else {
-                            session.handle_frame(text.as_str()).await;
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        tracing::warn!(conn, user = %user, "refused: binary frame on an OT connection (1003)");
-                        refusal = Some(CloseReason::new(close::UNSUPPORTED_DATA, "binary frames are not supported"));
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        tracing::warn!(conn, user = %user, size, max_size, "refused: message too big (1009)");
-                        refusal = Some(CloseReason::new(close::MESSAGE_TOO_BIG, "message too big"));
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(conn, error = %e, "ot connection error");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    session.leave().await;
-    outbox.close();
-    drop(session);
-    if let Some(reason) = refusal {
-        if reason.code != close::GOING_AWAY {
-            METRICS.refused(&format!("{} {}", reason.code, reason.reason));
-        }
-        crate::session::close_with(&mut ws, reason).await;
-    }
+    serve(&mut ws, &outbox, peer, clock, session, None).await;
     drop(sender);
     tracing::debug!(conn, "ot connection closed");
 }
@@ -337,17 +301,6 @@ impl Session {
     fn ot_request(&self, text: &DocName, action: &'static str, echo: Value, kind: OtKind) -> OtRequest {
         let reply = OtReplyTo::Wire { outbox: self.peer.clone(), action, echo };
         OtRequest { conn: self.conn, user: self.identity.user.clone(), text: text.as_arc().clone(), kind, reply }
-    }
-
-    /// Before the connection goes: out of every channel, and its presences withdrawn.
-    async fn leave(&mut self) {
-        for ch in std::mem::take(&mut self.subscribed) {
-            self.presence.unsubscribe(&ch, self.conn);
-        }
-        let channels: Vec<Arc<str>> = self.sent.keys().cloned().collect();
-        for ch in channels {
-            self.withdraw(&ch).await;
-        }
     }
 
     fn check_presence(&self, msg: &Presence) -> Result<(), OtError> {
