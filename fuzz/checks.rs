@@ -192,7 +192,7 @@ pub fn sharedb(data: &[u8]) -> bool {
 }
 
 fn assert_channel(ch: &str) {
-    assert!(!ch.is_empty() && ch.len() <= yserve::ot::presence::CHANNEL_BYTES_MAX, "{ch:?}");
+    assert!(!ch.is_empty() && ch.len() <= yserve::ot::sharedb::CHANNEL_BYTES_MAX, "{ch:?}");
 }
 
 /// `data` is the JSON of an operation. Parsed under the server's limits and under tight

@@ -29,8 +29,6 @@ use bytes::Bytes;
 use crate::outbox::OutboxPeer;
 use crate::presence::ConnId;
 
-/// Longest channel name accepted (a document name, a dot and a text name).
-pub const CHANNEL_BYTES_MAX: usize = 2048;
 /// Presence ids one connection may have live on one channel (ShareDB clients use one per
 /// editor; the bound keeps a client from growing the server's memory without limit).
 pub const IDS_PER_CHANNEL_MAX: usize = 16;

@@ -94,6 +94,8 @@ pub struct Presence {
 
 /// Longest presence id accepted (the stock client uses 32 hex digits).
 pub const PRESENCE_ID_BYTES_MAX: usize = 256;
+/// Longest presence channel name accepted (a document name, a dot and a text name).
+pub const CHANNEL_BYTES_MAX: usize = 2048;
 
 /// A parsed message and the request object to echo in an error reply.
 #[derive(Debug)]
@@ -167,7 +169,7 @@ pub fn parse(frame: &str) -> Result<Parsed, String> {
             let ch = msg
                 .get("ch")
                 .and_then(Value::as_str)
-                .filter(|ch| !ch.is_empty() && ch.len() <= crate::ot::presence::CHANNEL_BYTES_MAX)
+                .filter(|ch| !ch.is_empty() && ch.len() <= CHANNEL_BYTES_MAX)
                 .ok_or_else(|| bad("invalid presence channel"))?
                 .to_owned();
             let seq = || msg.get("seq").and_then(Value::as_u64).ok_or_else(|| bad("invalid seq"));
@@ -358,7 +360,7 @@ mod tests {
         );
         let p = parse(r#"{"a":"ps","ch":"n.t","seq":4}"#).unwrap();
         assert_eq!(p.requests, vec![Request::PresenceSubscribe { ch: "n.t".into(), seq: 4 }]);
-        let long_channel = format!(r#"{{"a":"pr","ch":"{}"}}"#, "x".repeat(crate::ot::presence::CHANNEL_BYTES_MAX + 1));
+        let long_channel = format!(r#"{{"a":"pr","ch":"{}"}}"#, "x".repeat(CHANNEL_BYTES_MAX + 1));
         for (frame, want) in [
             (r#"{"a":"ps","seq":1}"#, "invalid presence channel"),
             (r#"{"a":"ps","ch":"","seq":1}"#, "invalid presence channel"),
