@@ -6,9 +6,8 @@
 //! hyper's `OnUpgrade` from the request and builds the stream with our `WebSocketConfig`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -21,78 +20,24 @@ use warp::hyper::body::Bytes;
 use warp::{Filter, Rejection, Reply};
 
 use crate::api_error::{self, ApiError};
-use crate::auth::Auth;
+use crate::app::{now_unix, AppState};
 use crate::config::Config;
 use crate::docname::DocName;
-use crate::limits::{key_for, LimitSettings, Limiter};
+use crate::limits::key_for;
 use crate::outbox::{self, Opcode};
-use crate::registry::Registry;
 use crate::rest;
-use crate::session::ot::{OtSessionParams, OtSessionSettings};
-use crate::session::{self, SessionParams, SessionSettings, Sessions};
+use crate::session::ot::OtSessionParams;
+use crate::session::{self, SessionParams, SessionSettings};
 
-fn ot_session_settings(config: &Config) -> OtSessionSettings {
-    let yjs = SessionSettings::from(config);
-    OtSessionSettings {
-        outbound_queue_bytes_max: config.outbound_queue_bytes_max,
-        ping_interval: yjs.ping_interval,
-        idle_timeout: yjs.idle_timeout,
-        op_limits: config.ot_op_limits(),
-        docs_max: config.ot_docs_per_connection_max.max(1),
-        presence_bytes_max: config.awareness_state_bytes_max,
-    }
-}
-
-/// What the routes share.
-pub struct AppState {
-    pub config: Config,
-    pub store: crate::store::Store,
-    pub auth: Auth,
-    pub limiter: Arc<Limiter>,
-    pub registry: Arc<Registry>,
-    pub sessions: Arc<Sessions>,
-    /// ShareDB presence channels of the OT connections.
-    pub ot_presence: Arc<crate::ot::presence::Hub>,
-    next_conn: AtomicU64,
-}
-
-impl AppState {
-    pub fn new(config: Config, auth: Auth, registry: Arc<Registry>, store: crate::store::Store) -> Arc<AppState> {
-        let limiter = Limiter::new(LimitSettings {
-            messages_per_sec: config.rate_messages_per_sec,
-            messages_burst: config.rate_messages_burst,
-            // At least one largest message must fit the burst.
-            bytes_per_sec: config.rate_bytes_per_sec,
-            bytes_burst: config.rate_bytes_burst.max(config.message_bytes_max as f64),
-            connections_per_user_max: config.connections_per_user_max,
-            connections_max: config.connections_max,
-        });
-        Arc::new(AppState {
-            config,
-            store,
-            auth,
-            limiter,
-            registry,
-            sessions: Arc::default(),
-            ot_presence: Arc::default(),
-            next_conn: AtomicU64::new(1),
-        })
-    }
-
-    /// A fresh connection id (also used for REST requests' attachments).
-    pub(crate) fn next_conn(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn ws_config(&self) -> WebSocketConfig {
-        let max = self.config.message_bytes_max;
-        WebSocketConfig::default()
-            .read_buffer_size(self.config.ws_read_buffer_bytes)
-            // 0: write each message straight through instead of gathering 128 KiB first.
-            .write_buffer_size(0)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max))
-    }
+/// The WebSocket settings of every upgraded connection.
+fn ws_config(config: &Config) -> WebSocketConfig {
+    let max = config.message_bytes_max;
+    WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        // 0: write each message straight through instead of gathering 128 KiB first.
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
@@ -261,10 +206,6 @@ pub(crate) fn token(query: &HashMap<String, String>, headers: &HeaderMap) -> Opt
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
-pub(crate) fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// What a WebSocket upgrade connects to.
 enum Target {
     Document(DocName),
@@ -355,7 +296,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
         return refused_upgrade(&ApiError::NotUpgradable);
     };
     let accept = derive_accept_key(key.as_bytes());
-    let ws_config = state.ws_config();
+    let ws_config = ws_config(&state.config);
     let queue_bytes_max = state.config.outbound_queue_bytes_max;
     let guard = state.sessions.enter();
     tokio::spawn(async move {
@@ -395,7 +336,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     link,
                     sessions: state.sessions.clone(),
                     identity,
-                    settings: ot_session_settings(&state.config),
+                    settings: crate::app::ot_session_settings(&state.config),
                     presence: state.ot_presence.clone(),
                 };
                 session::ot::run(ws, state.registry.clone(), params).instrument(span).await;

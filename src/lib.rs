@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the code map and invariants.
 
 pub mod api_error;
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -24,13 +24,13 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::api_error::ApiError;
+use crate::app::{now_unix, AppState};
 use crate::auth::{Access, Identity};
 use crate::docname::DocName;
 use crate::document::{
     format_event_id, parse_event_id, ApplyRefusal, DocMsg, DocQuery, LockOp, OtKind, OtReply, OtReplyTo, OtRequest,
     StreamEvent,
 };
-use crate::http::{now_unix, AppState};
 use crate::locks::LockError;
 use crate::ot::delta::{Component, Delta, Insert};
 use crate::ot::error::OtError;

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::app::AppState;
 use crate::auth::{Auth, AuthSettings, KeyError};
 use crate::config::Config;
 use crate::document::{DocSettings, OtSettings};
-use crate::http::{self, AppState};
+use crate::http;
 use crate::registry::Registry;
 use crate::store::Store;
 
