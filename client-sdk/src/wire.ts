@@ -2,7 +2,7 @@
 // server writes it), so that a change on the server shows up here as one diff. The sources
 // of truth are `src/rest.rs` (REST bodies), `src/api_error.rs` (error codes and statuses),
 // `src/ot/error.rs` (ShareDB codes), `src/document/events.rs` and `src/document/query.rs` (event
-// stream payloads) and `src/registry.rs` / `src/session.rs` (server-wide events).
+// stream payloads) and `src/registry.rs` / `src/session/yjs.rs` (server-wide events).
 //
 // Nothing here does IO; `api.ts` and `ot.ts` use these types.
 
