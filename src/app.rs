@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::document::Registry;
 use crate::limits::{LimitSettings, Limiter};
-use crate::registry::Registry;
 use crate::session::ot::OtSessionSettings;
 use crate::session::{SessionSettings, Sessions};
 

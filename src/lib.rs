@@ -18,7 +18,6 @@ pub mod ot;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
-pub mod registry;
 pub mod render;
 pub mod rest;
 pub mod server;

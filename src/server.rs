@@ -15,9 +15,9 @@ use tokio::net::TcpListener;
 use crate::app::AppState;
 use crate::auth::{Auth, AuthSettings, KeyError};
 use crate::config::Config;
+use crate::document::Registry;
 use crate::document::{DocSettings, OtSettings};
 use crate::http;
-use crate::registry::Registry;
 use crate::store::Store;
 
 /// Serves `config.addr` until `shutdown` completes.

@@ -16,12 +16,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
-use yrs::{Out, ReadTxn, Transact};
+use tokio::sync::mpsc;
 
-use super::DocActor;
 use crate::ot::delta::Delta;
-use crate::ot::ytext;
 
 /// Recent events kept for readers that resume.
 const RING_EVENTS_MAX: usize = 1024;
@@ -106,116 +103,110 @@ pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
     Some((seq.parse().ok()?, n.parse().ok()?))
 }
 
-impl DocActor {
+impl EventsState {
     /// Whether anyone reads this document's events (text deltas are only computed then).
-    pub(super) fn events_followed(&self) -> bool {
-        !self.events.readers.is_empty()
+    pub(crate) fn followed(&self) -> bool {
+        !self.readers.is_empty()
     }
 
-    pub(super) fn publish(&mut self, event: Event) {
-        let e = &mut self.events;
-        if !e.started {
-            e.seq = self.last_seq;
-            e.started = true;
+    /// Gives `event` its id, keeps it in the ring and queues it to every reader; returns
+    /// how many readers were dropped for being too slow. `last_seq` is the document's.
+    pub(crate) fn publish(&mut self, event: Event, last_seq: u64) -> usize {
+        if !self.started {
+            self.seq = last_seq;
+            self.started = true;
         }
         match event.seq {
             Some(seq) => {
-                e.seq = seq;
-                e.n = 0;
+                self.seq = seq;
+                self.n = 0;
             }
-            None => e.n += 1,
+            None => self.n += 1,
         }
-        let streamed =
-            Arc::new(StreamEvent { id: format_event_id(e.seq, e.n), kind: event.kind, data: event.data.to_string() });
-        e.ring.push_back((e.seq, e.n, streamed.clone()));
-        while e.ring.len() > RING_EVENTS_MAX {
-            e.ring.pop_front();
+        let streamed = Arc::new(StreamEvent {
+            id: format_event_id(self.seq, self.n),
+            kind: event.kind,
+            data: event.data.to_string(),
+        });
+        self.ring.push_back((self.seq, self.n, streamed.clone()));
+        while self.ring.len() > RING_EVENTS_MAX {
+            self.ring.pop_front();
         }
-        let dropped = e.fan_out(&streamed);
-        if dropped > 0 {
-            tracing::warn!(doc = %self.name, dropped, "event stream reader too slow; dropping it (it resumes with Last-Event-ID)");
-            crate::metrics::METRICS.refused("sse reader too slow");
-        }
+        self.fan_out(&streamed)
     }
 
-    /// A new reader, resuming after `last` if given.
-    pub(super) fn subscribe_events(&mut self, last: Option<(u64, u64)>, reply: oneshot::Sender<Subscription>) {
-        if !self.events.started {
-            self.events.seq = self.last_seq;
-            self.events.started = true;
+    /// A new reader, resuming after `last` if given; `last_seq` is the document's.
+    pub(crate) fn subscribe(&mut self, last: Option<(u64, u64)>, last_seq: u64) -> Subscription {
+        if !self.started {
+            self.seq = last_seq;
+            self.started = true;
         }
-        self.observe_text_roots();
         // With no reader, update events are not published, so the ring stops short of the
         // last update: it must not claim to cover a reader that resumes; the log does.
-        self.events.readers.retain(|r| !r.is_closed());
-        if self.events.readers.is_empty() && self.events.seq < self.last_seq {
-            self.events.ring.clear();
-            self.events.seq = self.last_seq;
-            self.events.n = 0;
+        self.readers.retain(|r| !r.is_closed());
+        if self.readers.is_empty() && self.seq < last_seq {
+            self.ring.clear();
+            self.seq = last_seq;
+            self.n = 0;
         }
         let (tx, rx) = mpsc::channel(RING_EVENTS_MAX + READER_QUEUE_EVENTS_MAX);
         let mut replay_from_store = None;
         if let Some(last) = last {
-            let covered = self.events.ring.front().is_some_and(|(s, n, _)| (*s, *n) <= last);
+            let covered = self.ring.front().is_some_and(|(s, n, _)| (*s, *n) <= last);
             if covered {
-                for (s, n, event) in &self.events.ring {
+                for (s, n, event) in &self.ring {
                     if (*s, *n) > last {
                         let _ = tx.try_send(event.clone());
                     }
                 }
-            } else if last.0 < self.events.seq {
+            } else if last.0 < self.seq {
                 // Older than the ring: the updates since then come from the log; the ring's
                 // events after the newest of them follow.
-                replay_from_store = Some((last.0, self.events.seq));
-                for (s, n, event) in &self.events.ring {
-                    if *s > self.events.seq || (*s == self.events.seq && *n > 0) {
+                replay_from_store = Some((last.0, self.seq));
+                for (s, n, event) in &self.ring {
+                    if *s > self.seq || (*s == self.seq && *n > 0) {
                         let _ = tx.try_send(event.clone());
                     }
                 }
             }
         }
-        // Parked like the frames: the reader starts after everything committed so far.
-        self.events.readers.push(tx);
-        let _ = reply.send(Subscription { replay_from_store, live: rx });
+        self.readers.push(tx);
+        Subscription { replay_from_store, live: rx }
+    }
+}
+
+/// Server-wide events (documents opened and closed, users joining and leaving), fanned out
+/// to `GET /api/events` readers. Bounded: a reader that falls more than
+/// `SERVER_EVENTS_MAX` behind is dropped. Ids are a per-process counter; there is no
+/// replay (the activity is ephemeral, `GET /api/stats` and `/api/docs` give the state).
+pub struct ServerEvents {
+    tx: tokio::sync::broadcast::Sender<Arc<StreamEvent>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+const SERVER_EVENTS_MAX: usize = 1024;
+
+impl std::fmt::Debug for ServerEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerEvents").field("readers", &self.tx.receiver_count()).finish()
+    }
+}
+
+impl ServerEvents {
+    pub(crate) fn new() -> ServerEvents {
+        ServerEvents { tx: tokio::sync::broadcast::channel(SERVER_EVENTS_MAX).0, next: Default::default() }
     }
 
-    /// Observes every root text not observed yet, so the update events carry their deltas.
-    fn observe_text_roots(&mut self) {
-        let names: Vec<Arc<str>> = {
-            let txn = self.doc.transact();
-            txn.root_refs()
-                .filter(|(name, out)| {
-                    !self.is_observed(name)
-                        && matches!(out, Out::YText(_) | Out::UndefinedRef(_))
-                        && ytext::check_root(&txn, name).is_ok()
-                })
-                .map(|(name, _)| Arc::from(name))
-                .collect()
-        };
-        for name in names {
-            self.observe_root(&name);
+    pub fn emit(&self, kind: &'static str, data: serde_json::Value) {
+        if self.tx.receiver_count() == 0 {
+            return;
         }
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let _ = self.tx.send(Arc::new(StreamEvent { id: id.to_string(), kind, data: data.to_string() }));
     }
 
-    /// After an update: root texts it created are observed from now on; their delta for
-    /// this update is their whole content.
-    pub(super) fn observe_new_roots(&mut self) -> Vec<(Arc<str>, Delta)> {
-        let names: Vec<Arc<str>> = {
-            let txn = self.doc.transact();
-            txn.root_refs()
-                .filter(|(name, _)| !self.is_observed(name) && ytext::check_root(&txn, name).is_ok())
-                .map(|(name, _)| Arc::from(name))
-                .collect()
-        };
-        let mut deltas = Vec::new();
-        for name in names {
-            let text = self.observe_root(&name);
-            let content = ytext::read(&self.doc.transact(), &text);
-            if !content.is_noop() {
-                deltas.push((name, content));
-            }
-        }
-        deltas
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<StreamEvent>> {
+        self.tx.subscribe()
     }
 }
 

@@ -20,6 +20,7 @@ use super::{serve, Clock, Link, Peer, Protocol, Sessions};
 
 use crate::auth::{Access, Identity};
 use crate::docname::DocName;
+use crate::document::{Attachment, Registry};
 use crate::document::{DocMsg, OtKind, OtReplyTo, OtRequest};
 use crate::metrics::METRICS;
 use crate::ot::delta::{Delta, DeltaLimits};
@@ -29,7 +30,6 @@ use crate::ot::sharedb::{self, OpBody, Presence, Request};
 use crate::outbox::{OutboxPeer, Socket};
 use crate::presence::ConnId;
 use crate::protocol::CloseReason;
-use crate::registry::{Attachment, Registry};
 
 /// Per-connection settings, from `Config`.
 #[derive(Debug, Clone)]

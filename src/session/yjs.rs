@@ -18,10 +18,10 @@ use crate::auth::Access;
 use crate::config::Config;
 use crate::docname::DocName;
 use crate::document::DocMsg;
+use crate::document::{Attachment, Registry};
 use crate::outbox::Socket;
 use crate::presence::ConnId;
 use crate::protocol::{self, close, CloseReason, FrameLimits, Inbound};
-use crate::registry::{Attachment, Registry};
 use crate::validate::Limits;
 
 /// Per-connection limits, from `Config`.

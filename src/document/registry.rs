@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::actor::DocActor;
+use super::events::ServerEvents;
+use super::handle::{DocHandle, DocMsg, DocSettings, Lifecycle};
 use crate::docname::DocName;
-use crate::document::{DocActor, DocHandle, DocMsg, DocSettings};
 use crate::presence::ConnId;
 use crate::store::Store;
 
@@ -84,48 +86,19 @@ impl Registry {
         }
         inner.next_generation += 1;
         let generation = inner.next_generation;
-        let handle =
-            DocActor::spawn(name.clone(), generation, Arc::downgrade(self), self.store.clone(), self.settings.clone());
+        let home: std::sync::Weak<dyn Lifecycle> = Arc::downgrade(self) as std::sync::Weak<Registry>;
+        let handle = DocActor::spawn(name.clone(), generation, home, self.store.clone(), self.settings.clone());
         inner.docs.insert(name.clone(), Entry { handle: handle.clone(), generation, attached: 1 });
         self.events.emit("document_opened", serde_json::json!({ "doc": name.as_str() }));
         Ok(Attachment { registry: self.clone(), name: name.clone(), generation, conn, handle })
     }
 
-    /// Called by an idle actor with nothing pending: removes it if nobody attached meanwhile.
-    pub(crate) fn try_unload(&self, name: &DocName, generation: u64) -> bool {
-        let mut inner = self.lock();
-        let unload = inner.docs.get(name).is_some_and(|e| e.generation == generation && e.attached == 0);
-        if unload {
-            inner.docs.remove(name);
-            drop(inner);
-            self.events.emit("document_closed", serde_json::json!({ "doc": name.as_str() }));
-            self.removed.notify_waiters();
-        }
-        unload
-    }
-
-    /// Removes an actor's entry whatever its attachments (it failed or shut down).
-    pub(crate) fn remove(&self, name: &DocName, generation: u64) {
-        let mut inner = self.lock();
-        if inner.docs.get(name).is_some_and(|e| e.generation == generation) {
-            inner.docs.remove(name);
-            self.events.emit("document_closed", serde_json::json!({ "doc": name.as_str() }));
-        }
-        drop(inner);
-        self.removed.notify_waiters();
-    }
-
-    /// Whether anything (a connection, an OT session, a REST request) holds the document.
-    pub(crate) fn is_attached(&self, name: &DocName, generation: u64) -> bool {
-        self.lock().docs.get(name).is_some_and(|e| e.generation == generation && e.attached > 0)
-    }
-
-    /// Attachments (connections, OT sessions, requests) per live document.
     /// Whether `shutdown` has begun (no new attachments).
     pub fn is_shutting_down(&self) -> bool {
         self.inner.lock().expect("registry lock poisoned").shutting_down
     }
 
+    /// Attachments (connections, OT sessions, requests) per live document.
     pub fn attachments(&self) -> HashMap<Arc<str>, usize> {
         self.lock().docs.iter().map(|(name, e)| (name.as_arc().clone(), e.attached)).collect()
     }
@@ -163,6 +136,41 @@ impl Registry {
     }
 }
 
+impl Lifecycle for Registry {
+    /// Called by an idle actor with nothing pending: removes it if nobody attached meanwhile.
+    fn try_unload(&self, name: &DocName, generation: u64) -> bool {
+        let mut inner = self.lock();
+        let unload = inner.docs.get(name).is_some_and(|e| e.generation == generation && e.attached == 0);
+        if unload {
+            inner.docs.remove(name);
+            drop(inner);
+            self.events.emit("document_closed", serde_json::json!({ "doc": name.as_str() }));
+            self.removed.notify_waiters();
+        }
+        unload
+    }
+
+    /// Removes an actor's entry whatever its attachments (it failed or shut down).
+    fn remove(&self, name: &DocName, generation: u64) {
+        let mut inner = self.lock();
+        if inner.docs.get(name).is_some_and(|e| e.generation == generation) {
+            inner.docs.remove(name);
+            self.events.emit("document_closed", serde_json::json!({ "doc": name.as_str() }));
+        }
+        drop(inner);
+        self.removed.notify_waiters();
+    }
+
+    /// Whether anything (a connection, an OT session, a REST request) holds the document.
+    fn is_attached(&self, name: &DocName, generation: u64) -> bool {
+        self.lock().docs.get(name).is_some_and(|e| e.generation == generation && e.attached > 0)
+    }
+
+    fn server_event(&self, kind: &'static str, data: serde_json::Value) {
+        self.events.emit(kind, data);
+    }
+}
+
 impl Drop for Attachment {
     fn drop(&mut self) {
         let mut inner = self.registry.lock();
@@ -172,41 +180,5 @@ impl Drop for Attachment {
         drop(inner);
         self.handle.shared.left.lock().expect("left lock poisoned").push(self.conn);
         self.handle.shared.wake.notify_one();
-    }
-}
-
-/// Server-wide events (documents opened and closed, users joining and leaving), fanned out
-/// to `GET /api/events` readers. Bounded: a reader that falls more than
-/// `SERVER_EVENTS_MAX` behind is dropped. Ids are a per-process counter; there is no
-/// replay (the activity is ephemeral, `GET /api/stats` and `/api/docs` give the state).
-pub struct ServerEvents {
-    tx: tokio::sync::broadcast::Sender<Arc<crate::document::StreamEvent>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-const SERVER_EVENTS_MAX: usize = 1024;
-
-impl std::fmt::Debug for ServerEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerEvents").field("readers", &self.tx.receiver_count()).finish()
-    }
-}
-
-impl ServerEvents {
-    fn new() -> ServerEvents {
-        ServerEvents { tx: tokio::sync::broadcast::channel(SERVER_EVENTS_MAX).0, next: Default::default() }
-    }
-
-    pub fn emit(&self, kind: &'static str, data: serde_json::Value) {
-        if self.tx.receiver_count() == 0 {
-            return;
-        }
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let _ =
-            self.tx.send(Arc::new(crate::document::StreamEvent { id: id.to_string(), kind, data: data.to_string() }));
-    }
-
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<crate::document::StreamEvent>> {
-        self.tx.subscribe()
     }
 }
