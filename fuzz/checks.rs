@@ -28,7 +28,7 @@ use yserve::docname::{DocName, DOC_NAME_BYTES_MAX};
 use yserve::document::{format_event_id, parse_event_id};
 use yserve::ot::delta::{utf16_len, Component, Delta, DeltaLimits, Insert};
 use yserve::ot::sharedb::{self, Request};
-use yserve::presence::Presence;
+use yserve::presence::{ConnId, Presence};
 use yserve::protocol::{self, Inbound};
 use yserve::rest::{self, Route};
 use yserve::validate::{inspect_update_v1, Limits};
@@ -54,7 +54,7 @@ fn text(data: &[u8]) -> Option<&str> {
 /// The OT op bounds of a server started with default flags.
 pub fn op_limits() -> DeltaLimits {
     static LIMITS: OnceLock<DeltaLimits> = OnceLock::new();
-    *LIMITS.get_or_init(|| yserve::config::Config::default().ot_op_limits())
+    *LIMITS.get_or_init(|| yserve::app::ot_op_limits(&yserve::config::Config::default()))
 }
 
 /// Small bounds, so that generated inputs reach every limit error too.
@@ -122,7 +122,7 @@ pub fn awareness(data: &[u8]) -> bool {
     awareness_round_trip(&update);
     let now = Instant::now();
     let mut table = Presence::default();
-    let relayed = table.apply(1, update.clone(), now);
+    let relayed = table.apply(ConnId(1), update.clone(), now);
     assert_eq!(relayed.as_ref().map_or(0, |r| r.clients.len()), update.clients.len());
     let present = update.clients.values().filter(|e| &*e.json != "null").count();
     for (client, entry) in &update.clients {
@@ -130,15 +130,15 @@ pub fn awareness(data: &[u8]) -> bool {
     }
     assert_eq!(table.len(), present);
     assert_eq!(table.current().map_or(0, |c| c.clients.len()), present);
-    assert!(table.apply(2, update.clone(), now).is_none(), "the same clocks were accepted twice");
+    assert!(table.apply(ConnId(2), update.clone(), now).is_none(), "the same clocks were accepted twice");
     let mut peer = Presence::default();
-    peer.apply(7, update.clone(), now);
-    let removal = table.remove_connection(1, now);
+    peer.apply(ConnId(7), update.clone(), now);
+    let removal = table.remove_connection(ConnId(1), now);
     assert_eq!(table.len(), 0);
     assert_eq!(removal.as_ref().map_or(0, |r| r.clients.len()), present);
     if let Some(removal) = removal {
         awareness_round_trip(&removal);
-        peer.apply(8, removal, now);
+        peer.apply(ConnId(8), removal, now);
     }
     assert_eq!(peer.len(), 0, "the removal left clients present at a peer");
     true

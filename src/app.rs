@@ -1,27 +1,64 @@
 //! What the doors share: `AppState` (configuration, store, auth, limits, the document
 //! registry, live sessions, ShareDB presence channels), built once by `server` and passed to
 //! `http` (routes and upgrades) and `rest` (requests), plus the settings derived from
-//! `Config` for a session, and the clock in Unix seconds. No IO, no warp.
+//! `Config` for each module (sessions, the store, OT limits: `config` itself holds only the
+//! flags' plain values), and the clock in Unix seconds. No IO, no warp.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, SyncMode};
 use crate::document::Registry;
 use crate::limits::{LimitSettings, Limiter};
+use crate::ot::delta::DeltaLimits;
+use crate::protocol::FrameLimits;
 use crate::session::ot::OtSessionSettings;
 use crate::session::{SessionSettings, Sessions};
+use crate::store::{Durability, StoreSettings};
+use crate::validate::Limits;
+
+/// Per-connection limits, from the flags.
+pub fn session_settings(c: &Config) -> SessionSettings {
+    SessionSettings {
+        outbound_queue_bytes_max: c.outbound_queue_bytes_max,
+        frame_limits: FrameLimits {
+            update: Limits { any_depth_max: c.update_depth_max },
+            awareness_clients_max: c.awareness_clients_per_message_max,
+        },
+        ping_interval: Duration::from_millis(c.ping_interval_ms.max(10)),
+        idle_timeout: Duration::from_millis(c.idle_timeout_ms.max(10)),
+        awareness_state_bytes_max: c.awareness_state_bytes_max,
+    }
+}
+
+/// Bounds on one OT op, from the flags; lengths stay far below yrs's `u32` positions.
+pub fn ot_op_limits(c: &Config) -> DeltaLimits {
+    DeltaLimits { components_max: c.ot_op_components_max, insert_units_max: c.ot_op_insert_units_max, len_max: 1 << 31 }
+}
+
+/// How the store opens the database, from the flags.
+pub fn store_settings(c: &Config) -> StoreSettings {
+    StoreSettings {
+        db: c.db.clone(),
+        durability: match c.sync {
+            SyncMode::Full => Durability::Full,
+            SyncMode::Normal => Durability::Normal,
+        },
+        busy_timeout: Duration::from_millis(c.store_busy_timeout_ms),
+        batch_max: c.store_batch_max.max(1),
+    }
+}
 
 /// The settings of a ShareDB connection, from the Yjs session's and the OT flags.
 pub(crate) fn ot_session_settings(config: &Config) -> OtSessionSettings {
-    let yjs = SessionSettings::from(config);
+    let yjs = session_settings(config);
     OtSessionSettings {
         outbound_queue_bytes_max: config.outbound_queue_bytes_max,
         ping_interval: yjs.ping_interval,
         idle_timeout: yjs.idle_timeout,
-        op_limits: config.ot_op_limits(),
+        op_limits: ot_op_limits(config),
         docs_max: config.ot_docs_per_connection_max.max(1),
         presence_bytes_max: config.awareness_state_bytes_max,
     }
@@ -36,7 +73,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub sessions: Arc<Sessions>,
     /// ShareDB presence channels of the OT connections.
-    pub ot_presence: Arc<crate::ot::presence::Hub>,
+    pub ot_presence: Arc<crate::ot::presence::Hub<crate::outbox::OutboxPeer>>,
     next_conn: AtomicU64,
 }
 
@@ -64,8 +101,8 @@ impl AppState {
     }
 
     /// A fresh connection id (also used for REST requests' attachments).
-    pub(crate) fn next_conn(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    pub(crate) fn next_conn(&self) -> crate::conn::ConnId {
+        crate::conn::ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -25,14 +25,14 @@ use serde_json::Value;
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, Observable, OffsetKind, Options, ReadTxn, StateVector, Transact, TransactionMut, Update};
 
-use crate::config::{CompactArgs, DocsArgs, ExportArgs, ExportFormat, ImportArgs, LogArgs, SyncMode};
+use crate::config::{CompactArgs, DocsArgs, ExportArgs, ExportFormat, ImportArgs, LogArgs};
 use crate::dblock::{DbLock, LockError};
 use crate::docname::{DocName, DocNameError};
 use crate::ot::delta::Delta;
 use crate::ot::ytext;
 use crate::render;
 use crate::store::offline::{self, OtOp, StateAt};
-use crate::store::{open_connection, StoreError};
+use crate::store::{open_connection, Durability, StoreError};
 use crate::validate::{Limits, Summary};
 
 /// The `origin` of updates written by `yserve import`.
@@ -228,7 +228,7 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
         std::fs::create_dir_all(dir).map_err(|source| CliError::File { path: dir.display().to_string(), source })?;
     }
     let _lock = DbLock::acquire(&args.db.db)?;
-    let mut conn = open_connection(&args.db.db, SyncMode::Full, BUSY_TIMEOUT)?;
+    let mut conn = open_connection(&args.db.db, Durability::Full, BUSY_TIMEOUT)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let state = match offline::state_at(&tx, name.as_str(), None)? {
         Some(state) => state,
@@ -300,7 +300,7 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
 pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
     check_exists(&args.db.db)?;
     let _lock = DbLock::acquire(&args.db.db)?;
-    let mut conn = open_connection(&args.db.db, SyncMode::Full, BUSY_TIMEOUT)?;
+    let mut conn = open_connection(&args.db.db, Durability::Full, BUSY_TIMEOUT)?;
     let names = match &args.doc {
         Some(name) => vec![name.clone()],
         None => offline::documents(&conn)?.into_iter().map(|d| d.name).collect(),
@@ -374,7 +374,7 @@ fn check_exists(db: &Path) -> Result<(), CliError> {
 /// Opens an existing database (never creates one for a read command).
 fn open_existing(db: &Path) -> Result<Connection, CliError> {
     check_exists(db)?;
-    Ok(open_connection(db, SyncMode::Full, BUSY_TIMEOUT)?)
+    Ok(open_connection(db, Durability::Full, BUSY_TIMEOUT)?)
 }
 
 /// The stored pieces of the state after `at`, or why there are none.

@@ -313,17 +313,6 @@ pub struct Config {
     pub ot_docs_per_connection_max: usize,
 }
 
-impl Config {
-    /// Bounds on one OT op, from the flags; lengths stay far below yrs's `u32` positions.
-    pub fn ot_op_limits(&self) -> crate::ot::delta::DeltaLimits {
-        crate::ot::delta::DeltaLimits {
-            components_max: self.ot_op_components_max,
-            insert_units_max: self.ot_op_insert_units_max,
-            len_max: 1 << 31,
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         // The clap defaults are the single source of truth.

@@ -26,8 +26,9 @@ use crate::docname::DocName;
 use crate::limits::key_for;
 use crate::outbox::{self, Opcode};
 use crate::rest;
+use crate::session;
 use crate::session::ot::OtSessionParams;
-use crate::session::{self, SessionParams, SessionSettings};
+use crate::session::yjs::SessionParams;
 
 /// The WebSocket settings of every upgraded connection.
 fn ws_config(config: &Config) -> WebSocketConfig {
@@ -276,7 +277,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
         Target::Ot => None,
     };
     let conn = state.next_conn();
-    let key = key_for(&identity.user, state.auth.is_anonymous(), conn);
+    let key = key_for(&identity.user, state.auth.is_anonymous(), conn.get());
     let permit = match state.limiter.admit(key, Instant::now()) {
         Ok(permit) => permit,
         Err(refusal) => {
@@ -304,7 +305,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
-                tracing::debug!(conn, error = %e, "websocket upgrade failed");
+                tracing::debug!(conn = conn.get(), error = %e, "websocket upgrade failed");
                 return;
             }
         };
@@ -320,18 +321,18 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
             (Target::Document(doc), Some(access)) => {
                 // Every line logged by the session carries its connection, user and document
                 // (the JSON log format prints the span's fields on each line).
-                let span = tracing::info_span!("session", conn, user = %identity.user, doc = %doc);
+                let span = tracing::info_span!("session", conn = conn.get(), user = %identity.user, doc = %doc);
                 let params = SessionParams {
                     link,
                     doc,
                     user: identity.user,
                     access,
-                    settings: SessionSettings::from(&state.config),
+                    settings: crate::app::session_settings(&state.config),
                 };
                 session::yjs::run(ws, state.registry.clone(), params).instrument(span).await;
             }
             (_, _) => {
-                let span = tracing::info_span!("ot_session", conn, user = %identity.user);
+                let span = tracing::info_span!("ot_session", conn = conn.get(), user = %identity.user);
                 let params = OtSessionParams {
                     link,
                     sessions: state.sessions.clone(),

@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod dblock;
 pub mod demo;
 pub mod docname;

@@ -341,6 +341,13 @@ impl std::fmt::Debug for OutboxSender {
     }
 }
 
+impl crate::ot::presence::Peer for OutboxPeer {
+    /// A consumer too slow for its queue is closed with 1013 by its outbox.
+    fn send_frame(&self, frame: Bytes) {
+        let _ = self.send(frame);
+    }
+}
+
 impl OutboxPeer {
     pub fn send(&self, payload: Bytes) -> Result<(), SendError> {
         self.shared.send(payload)

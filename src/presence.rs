@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::ClientID;
 
-/// Identifies one WebSocket connection for the lifetime of the process.
-pub type ConnId = u64;
+pub use crate::conn::ConnId;
 
 const NULL_STATE: &str = "null";
 
@@ -188,9 +187,9 @@ mod tests {
     fn newer_clock_wins_and_older_is_dropped() {
         let mut p = Presence::default();
         let t = Instant::now();
-        assert!(p.apply(1, update(&[(10, 2, "{\"a\":1}")]), t).is_some());
-        assert!(p.apply(1, update(&[(10, 1, "{\"a\":0}")]), t).is_none());
-        assert!(p.apply(1, update(&[(10, 2, "{\"a\":9}")]), t).is_none());
+        assert!(p.apply(ConnId(1), update(&[(10, 2, "{\"a\":1}")]), t).is_some());
+        assert!(p.apply(ConnId(1), update(&[(10, 1, "{\"a\":0}")]), t).is_none());
+        assert!(p.apply(ConnId(1), update(&[(10, 2, "{\"a\":9}")]), t).is_none());
         assert_eq!(&*p.current().unwrap().clients[&ClientID::new(10)].json, "{\"a\":1}");
     }
 
@@ -198,34 +197,34 @@ mod tests {
     fn renewal_with_same_state_is_relayed() {
         let mut p = Presence::default();
         let t = Instant::now();
-        p.apply(1, update(&[(10, 1, "{}")]), t);
-        assert!(p.apply(1, update(&[(10, 2, "{}")]), t).is_some());
+        p.apply(ConnId(1), update(&[(10, 1, "{}")]), t);
+        assert!(p.apply(ConnId(1), update(&[(10, 2, "{}")]), t).is_some());
     }
 
     #[test]
     fn same_clock_null_removes_a_present_client() {
         let mut p = Presence::default();
         let t = Instant::now();
-        p.apply(1, update(&[(10, 3, "{}")]), t);
-        assert!(p.apply(1, update(&[(10, 3, "null")]), t).is_some());
+        p.apply(ConnId(1), update(&[(10, 3, "{}")]), t);
+        assert!(p.apply(ConnId(1), update(&[(10, 3, "null")]), t).is_some());
         assert!(p.is_empty());
         // A second removal with the same clock is not news.
-        assert!(p.apply(1, update(&[(10, 3, "null")]), t).is_none());
+        assert!(p.apply(ConnId(1), update(&[(10, 3, "null")]), t).is_none());
     }
 
     #[test]
     fn ending_a_connection_removes_only_its_clients() {
         let mut p = Presence::default();
         let t = Instant::now();
-        p.apply(1, update(&[(10, 1, "{}"), (11, 1, "{}")]), t);
-        p.apply(2, update(&[(20, 1, "{}")]), t);
-        let removed = p.remove_connection(1, t).unwrap();
+        p.apply(ConnId(1), update(&[(10, 1, "{}"), (11, 1, "{}")]), t);
+        p.apply(ConnId(2), update(&[(20, 1, "{}")]), t);
+        let removed = p.remove_connection(ConnId(1), t).unwrap();
         let mut ids: Vec<u64> = removed.clients.keys().map(|c| c.get()).collect();
         ids.sort();
         assert_eq!(ids, vec![10, 11]);
         assert!(removed.clients.values().all(|e| &*e.json == "null" && e.clock == 1));
         assert_eq!(p.len(), 1);
-        assert!(p.remove_connection(1, t).is_none());
+        assert!(p.remove_connection(ConnId(1), t).is_none());
     }
 
     #[test]
@@ -233,8 +232,8 @@ mod tests {
         let mut p = Presence::default();
         let t0 = Instant::now();
         for conn in 0..100 {
-            p.apply(conn, update(&[(conn, 1, "{}")]), t0);
-            p.remove_connection(conn, t0);
+            p.apply(ConnId(conn), update(&[(conn, 1, "{}")]), t0);
+            p.remove_connection(ConnId(conn), t0);
         }
         assert!(p.is_empty());
         assert!(p.needs_expiry(), "the removed clocks still need forgetting");
@@ -248,8 +247,8 @@ mod tests {
         let mut p = Presence::default();
         let t0 = Instant::now();
         let timeout = Duration::from_secs(30);
-        p.apply(1, update(&[(10, 1, "{}")]), t0);
-        p.apply(1, update(&[(11, 1, "{}")]), t0 + Duration::from_secs(20));
+        p.apply(ConnId(1), update(&[(10, 1, "{}")]), t0);
+        p.apply(ConnId(1), update(&[(11, 1, "{}")]), t0 + Duration::from_secs(20));
         assert!(p.expire(t0 + Duration::from_secs(29), timeout).is_none());
         let removed = p.expire(t0 + Duration::from_secs(31), timeout).unwrap();
         assert_eq!(removed.clients.keys().map(|c| c.get()).collect::<Vec<_>>(), vec![10]);

@@ -195,7 +195,8 @@ async fn handle_inner(state: &AppState, req: Request<'_>) -> Result<Reply, Failu
             let kind = match method {
                 "GET" => OtKind::Fetch { from: None },
                 "POST" => {
-                    let submit = parse_submit(req.body, &state.config.ot_op_limits()).map_err(ApiError::Ot)?;
+                    let submit =
+                        parse_submit(req.body, &crate::app::ot_op_limits(&state.config)).map_err(ApiError::Ot)?;
                     let writable = identity.access(doc.as_str()) == Some(Access::Write);
                     OtKind::Submit { v: submit.v, src: submit.src, seq: submit.seq, op: submit.op, writable }
                 }
@@ -270,7 +271,7 @@ fn stats(state: &AppState) -> Value {
 async fn ask<T>(
     state: &AppState,
     doc: &DocName,
-    make: impl FnOnce(u64, oneshot::Sender<T>) -> DocMsg,
+    make: impl FnOnce(crate::conn::ConnId, oneshot::Sender<T>) -> DocMsg,
 ) -> Result<T, Failure> {
     let conn = state.next_conn();
     let attachment = state.registry.attach(doc, conn).map_err(|_| ApiError::ShuttingDown)?;

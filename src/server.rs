@@ -45,7 +45,7 @@ pub async fn run_on(
         }
         tracing::warn!("no JWT key configured: anonymous mode, every client may read and write every document");
     }
-    let store = Store::open(&config)?;
+    let store = Store::open(&crate::app::store_settings(&config))?;
     // The database lock (`dblock`), held until `run` returns: the CLI's write commands refuse
     // to run while it is held, and a second server on the same database refuses to start.
     let _db_lock = crate::dblock::DbLock::acquire(&config.db)?;
@@ -55,7 +55,7 @@ pub async fn run_on(
         snapshot_bytes: config.snapshot_bytes.max(1),
         awareness_timeout: Duration::from_millis(config.awareness_timeout_ms.max(10)),
         awareness_clients_max: config.awareness_clients_per_connection_max,
-        ot: OtSettings { log_ops_max: config.ot_log_ops_max.max(1), op_limits: config.ot_op_limits() },
+        ot: OtSettings { log_ops_max: config.ot_log_ops_max.max(1), op_limits: crate::app::ot_op_limits(&config) },
     };
     let registry = Registry::new(store.clone(), settings);
     tracing::info!(db = %config.db.display(), sync = ?config.sync, "database open");

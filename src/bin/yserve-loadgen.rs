@@ -1250,7 +1250,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let dir = TempDir::new("ingest")?;
     let config =
         Config { db: dir.0.join("ingest.db"), sync: args.sync, store_batch_max: args.batch_max, ..Config::default() };
-    let store = Store::open(&config)?;
+    let store = Store::open(&yserve::app::store_settings(&config))?;
     let names: Vec<Arc<str>> = (0..args.docs).map(|d| Arc::from(format!("ingest-{d}"))).collect();
     let origin: Arc<str> = Arc::from("bench");
 

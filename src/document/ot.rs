@@ -51,7 +51,7 @@ pub enum OtKind {
     Presence {
         msg: sharedb::Presence,
         src: Arc<str>,
-        hub: Arc<crate::ot::presence::Hub>,
+        hub: Arc<crate::ot::presence::Hub<OutboxPeer>>,
         /// Echo it to the sender (not for the withdrawals of a leaving connection).
         ack: bool,
     },

@@ -26,28 +26,38 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::outbox::OutboxPeer;
 use crate::presence::ConnId;
+
+/// Where a subscriber's frames go (the server's is `outbox::OutboxPeer`). Sending never
+/// waits: a peer too slow for its queue is closed by whoever implements it.
+pub trait Peer: Clone {
+    fn send_frame(&self, frame: Bytes);
+}
 
 /// Presence ids one connection may have live on one channel (ShareDB clients use one per
 /// editor; the bound keeps a client from growing the server's memory without limit).
 pub const IDS_PER_CHANNEL_MAX: usize = 16;
 
-struct Member {
+struct Member<P> {
     src: Arc<str>,
-    peer: OutboxPeer,
+    peer: P,
 }
 
 /// Who is subscribed to which channel, shared by every OT connection of the server.
-#[derive(Default)]
-pub struct Hub {
-    channels: Mutex<HashMap<Arc<str>, HashMap<ConnId, Member>>>,
+pub struct Hub<P> {
+    channels: Mutex<HashMap<Arc<str>, HashMap<ConnId, Member<P>>>>,
 }
 
-impl Hub {
+impl<P> Default for Hub<P> {
+    fn default() -> Self {
+        Hub { channels: Mutex::default() }
+    }
+}
+
+impl<P: Peer> Hub<P> {
     /// Subscribes `conn` to `channel` (again, if it already was) and asks the others to resend
     /// their presence. Returns false if it was already subscribed.
-    pub fn subscribe(&self, channel: &Arc<str>, conn: ConnId, src: &Arc<str>, peer: OutboxPeer) -> bool {
+    pub fn subscribe(&self, channel: &Arc<str>, conn: ConnId, src: &Arc<str>, peer: P) -> bool {
         let fresh = {
             let mut channels = self.channels.lock().expect("presence hub lock");
             channels.entry(channel.clone()).or_default().insert(conn, Member { src: src.clone(), peer }).is_none()
@@ -75,14 +85,13 @@ impl Hub {
     /// writes happen outside the lock (each one may be a syscall).
     pub fn broadcast(&self, channel: &str, src: &str, frame: Bytes) {
         for peer in self.peers(channel, src) {
-            // A consumer too slow for its queue is closed with 1013 by its outbox.
-            let _ = peer.send(frame.clone());
+            peer.send_frame(frame.clone());
         }
     }
 
     /// The subscribers of `channel` whose client id is not `src` (ShareDB does not send a
     /// presence back to its own client as a remote one).
-    pub fn peers(&self, channel: &str, src: &str) -> Vec<OutboxPeer> {
+    pub fn peers(&self, channel: &str, src: &str) -> Vec<P> {
         let channels = self.channels.lock().expect("presence hub lock");
         let Some(members) = channels.get(channel) else { return Vec::new() };
         members.values().filter(|m| &*m.src != src).map(|m| m.peer.clone()).collect()

@@ -16,8 +16,6 @@
 pub mod ot;
 pub mod yjs;
 
-pub use yjs::{SessionParams, SessionSettings};
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +34,18 @@ use crate::limits::{ConnPermit, Limiter};
 use crate::metrics::METRICS;
 use crate::outbox::{Next, Outbox, OutboxSender, Socket};
 use crate::presence::ConnId;
-use crate::protocol::{close, CloseReason};
+use crate::protocol::{close, CloseReason, FrameLimits};
 use std::sync::atomic::Ordering::Relaxed;
+
+/// Per-connection limits of every protocol (`app::session_settings` makes them from `Config`).
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub outbound_queue_bytes_max: usize,
+    pub frame_limits: FrameLimits,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub awareness_state_bytes_max: usize,
+}
 
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -206,12 +214,12 @@ pub(crate) async fn serve<P: Protocol>(
                 refusal = Some(CloseReason::new(close::GOING_AWAY, "server shutting down"));
             }
             _ = &mut expiry, if expires_in.is_some() => {
-                tracing::info!(conn, doc, user = %user, "{}: token expired (4401)", P::CLOSING);
+                tracing::info!(conn = conn.get(), doc, user = %user, "{}: token expired (4401)", P::CLOSING);
                 refusal = Some(CloseReason::new(close::TOKEN_EXPIRED, "token expired"));
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= idle_timeout {
-                    tracing::info!(conn, doc, user = %user, "{}: no message or pong (4408)", P::CLOSING);
+                    tracing::info!(conn = conn.get(), doc, user = %user, "{}: no message or pong (4408)", P::CLOSING);
                     refusal = Some(CloseReason::new(close::IDLE_TIMEOUT, "idle timeout"));
                 } else {
                     outbox.ping();
@@ -227,24 +235,24 @@ pub(crate) async fn serve<P: Protocol>(
                     None => break,
                     Some(Ok(frame @ (Message::Binary(_) | Message::Text(_)))) if frame.is_text() == P::TEXT => {
                         if !limiter.allow_message(permit.key(), frame.len(), Instant::now().into_std()) {
-                            tracing::warn!(conn, doc, user = %user, bytes = frame.len(), "refused: rate limited (1008)");
+                            tracing::warn!(conn = conn.get(), doc, user = %user, bytes = frame.len(), "refused: rate limited (1008)");
                             refusal = Some(CloseReason::new(close::POLICY_VIOLATION, "rate limited"));
                         } else {
                             refusal = proto.on_frame(frame).await;
                         }
                     }
                     Some(Ok(Message::Binary(_) | Message::Text(_))) => {
-                        tracing::warn!(conn, doc, user = %user, "refused: {wrong_kind} frame on {} (1003)", P::CONNECTION);
+                        tracing::warn!(conn = conn.get(), doc, user = %user, "refused: {wrong_kind} frame on {} (1003)", P::CONNECTION);
                         refusal = Some(CloseReason::new(close::UNSUPPORTED_DATA, wrong_reason));
                     }
                     // tungstenite answers pings and close frames itself while we keep reading.
                     Some(Ok(_)) => {}
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        tracing::warn!(conn, doc, user = %user, size, max_size, "refused: message too big (1009)");
+                        tracing::warn!(conn = conn.get(), doc, user = %user, size, max_size, "refused: message too big (1009)");
                         refusal = Some(CloseReason::new(close::MESSAGE_TOO_BIG, "message too big"));
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(conn, doc, error = %e, "{}", P::ERROR);
+                        tracing::debug!(conn = conn.get(), doc, error = %e, "{}", P::ERROR);
                         break;
                     }
                 }

@@ -51,7 +51,7 @@ pub struct OtSessionParams {
     pub identity: Identity,
     pub settings: OtSessionSettings,
     /// The server's presence channels (`ot::presence`).
-    pub presence: Arc<Hub>,
+    pub presence: Arc<Hub<OutboxPeer>>,
 }
 
 struct Session {
@@ -66,7 +66,7 @@ struct Session {
     docs: HashMap<DocName, Attachment>,
     peer: OutboxPeer,
     settings: OtSessionSettings,
-    presence: Arc<Hub>,
+    presence: Arc<Hub<OutboxPeer>>,
     /// Presence channels this connection is subscribed to.
     subscribed: HashSet<Arc<str>>,
     /// What it takes to withdraw each presence this connection has shown, per channel and
@@ -134,17 +134,17 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
         subscribed: HashSet::new(),
         sent: HashMap::new(),
     };
-    tracing::debug!(conn, user = %user, "ot connection opened");
+    tracing::debug!(conn = conn.get(), user = %user, "ot connection opened");
     serve(&mut ws, &outbox, peer, clock, session, None).await;
     drop(sender);
-    tracing::debug!(conn, "ot connection closed");
+    tracing::debug!(conn = conn.get(), "ot connection closed");
 }
 
 /// A client id ShareDB clients accept (a string) and that never collides across
 /// connections of one server run, nor (with the time part) across restarts.
 fn client_id(conn: ConnId) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, conn)
+    format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, conn.get())
 }
 
 impl Session {
@@ -153,7 +153,7 @@ impl Session {
             Ok(p) => p,
             Err(reply) => {
                 METRICS.refused("ERR_MESSAGE_BADLY_FORMED");
-                tracing::info!(conn = self.conn, user = %self.identity.user, "ot: badly formed message");
+                tracing::info!(conn = self.conn.get(), user = %self.identity.user, "ot: badly formed message");
                 self.reply(reply);
                 return;
             }
@@ -216,7 +216,7 @@ impl Session {
             Request::Presence(msg) => {
                 if let Err(e) = self.check_presence(&msg) {
                     METRICS.refused(e.code());
-                    tracing::info!(conn = self.conn, user = %self.identity.user, channel = %msg.ch, code = e.code(), error = %e, "presence refused");
+                    tracing::info!(conn = self.conn.get(), user = %self.identity.user, channel = %msg.ch, code = e.code(), error = %e, "presence refused");
                     return self.reply(sharedb::error_reply(echo.clone(), &e));
                 }
                 let channel = self.sent.entry(msg.ch.as_str().into()).or_default();
@@ -238,7 +238,7 @@ impl Session {
                 let op = match op {
                     Ok(op) => op,
                     Err(e) => {
-                        tracing::info!(conn = self.conn, user = %self.identity.user, doc = %c, text = %d, code = e.code(), error = %e, "op refused");
+                        tracing::info!(conn = self.conn.get(), user = %self.identity.user, doc = %c, text = %d, code = e.code(), error = %e, "op refused");
                         self.reply(sharedb::error_reply(echo.clone(), &e));
                         return;
                     }
@@ -260,7 +260,7 @@ impl Session {
             )));
         }
         if let Some(doc) = docs.find(|d| self.identity.access(d).is_none()) {
-            tracing::warn!(conn = self.conn, user = %self.identity.user, doc, channel = ch, "ot: no grant for the presence channel");
+            tracing::warn!(conn = self.conn.get(), user = %self.identity.user, doc, channel = ch, "ot: no grant for the presence channel");
             return Err(OtError::Forbidden);
         }
         let open = self.subscribed.len() + self.sent.keys().filter(|k| !self.subscribed.contains(*k)).count();
@@ -375,7 +375,7 @@ impl Session {
             }
         };
         if self.identity.access(doc.as_str()).is_none() {
-            tracing::warn!(conn = self.conn, user = %self.identity.user, doc = %doc, "ot: no grant for the document");
+            tracing::warn!(conn = self.conn.get(), user = %self.identity.user, doc = %doc, "ot: no grant for the document");
             return self.reply(sharedb::error_reply(error_echo(), &OtError::Forbidden));
         }
         if !self.docs.contains_key(&doc) {
@@ -424,7 +424,7 @@ impl Session {
     /// is sent again after it reconnects (the socket is about to close with 1001).
     fn unavailable(&mut self, echo: serde_json::Value) {
         if self.registry.is_shutting_down() {
-            tracing::debug!(conn = self.conn, "ot: request left unanswered, the server is stopping");
+            tracing::debug!(conn = self.conn.get(), "ot: request left unanswered, the server is stopping");
             return;
         }
         self.reply(sharedb::error_reply(echo, &OtError::Unavailable));

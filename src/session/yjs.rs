@@ -6,48 +6,20 @@
 //! gone (1011). Updates from read-only connections are dropped, not refused.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use yrs::sync::AwarenessUpdate;
 
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{close_with, serve, Clock, Link, Peer, Protocol};
+use super::{close_with, serve, Clock, Link, Peer, Protocol, SessionSettings};
 use crate::auth::Access;
-use crate::config::Config;
 use crate::docname::DocName;
 use crate::document::DocMsg;
 use crate::document::{Attachment, Registry};
 use crate::outbox::Socket;
 use crate::presence::ConnId;
-use crate::protocol::{self, close, CloseReason, FrameLimits, Inbound};
-use crate::validate::Limits;
-
-/// Per-connection limits, from `Config`.
-#[derive(Debug, Clone)]
-pub struct SessionSettings {
-    pub outbound_queue_bytes_max: usize,
-    pub frame_limits: FrameLimits,
-    pub ping_interval: Duration,
-    pub idle_timeout: Duration,
-    pub awareness_state_bytes_max: usize,
-}
-
-impl From<&Config> for SessionSettings {
-    fn from(c: &Config) -> Self {
-        SessionSettings {
-            outbound_queue_bytes_max: c.outbound_queue_bytes_max,
-            frame_limits: FrameLimits {
-                update: Limits { any_depth_max: c.update_depth_max },
-                awareness_clients_max: c.awareness_clients_per_message_max,
-            },
-            ping_interval: Duration::from_millis(c.ping_interval_ms.max(10)),
-            idle_timeout: Duration::from_millis(c.idle_timeout_ms.max(10)),
-            awareness_state_bytes_max: c.awareness_state_bytes_max,
-        }
-    }
-}
+use crate::protocol::{self, close, CloseReason, Inbound};
 
 pub struct SessionParams {
     pub link: Link,
@@ -88,13 +60,13 @@ impl Protocol for Yjs {
                 if !c.summary.runs.is_empty() || c.summary.deleted_ranges > 0 {
                     self.dropped_updates += 1;
                     if self.dropped_updates == 1 {
-                        tracing::warn!(conn, doc = %doc, user = %user, "dropping updates from a read-only connection");
+                        tracing::warn!(conn = conn.get(), doc = %doc, user = %user, "dropping updates from a read-only connection");
                     }
                 }
                 None
             }
             Ok(Inbound::Awareness(update)) if !awareness_allowed(&update, &self.settings) => {
-                tracing::warn!(conn, doc = %doc, user = %user, "refused: awareness state over its size limit (1008)");
+                tracing::warn!(conn = conn.get(), doc = %doc, user = %user, "refused: awareness state over its size limit (1008)");
                 Some(CloseReason::new(close::POLICY_VIOLATION, "awareness too large"))
             }
             Ok(msg) => {
@@ -102,7 +74,7 @@ impl Protocol for Yjs {
                 self.attachment.handle.send(msg).await.err().map(|_| gone())
             }
             Err(e) => {
-                tracing::warn!(conn, doc = %doc, user = %user, error = %e, bytes = frame.len(), code = e.close_reason().code, "refused: bad message");
+                tracing::warn!(conn = conn.get(), doc = %doc, user = %user, error = %e, bytes = frame.len(), code = e.close_reason().code, "refused: bad message");
                 Some(e.close_reason())
             }
         }
@@ -126,8 +98,8 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
             return;
         }
     };
-    tracing::debug!(conn, doc = %doc, user = %user, ?access, "connection opened");
-    registry.events.emit("user_joined", serde_json::json!({ "user": &*user, "doc": doc.as_str(), "conn": conn }));
+    tracing::debug!(conn = conn.get(), doc = %doc, user = %user, ?access, "connection opened");
+    registry.events.emit("user_joined", serde_json::json!({ "user": &*user, "doc": doc.as_str(), "conn": conn.get() }));
     let join = DocMsg::Join { conn, outbox: sender, origin: user.clone() };
     let refusal = attachment.handle.send(join).await.err().map(|_| gone());
     let peer = Peer {
@@ -143,10 +115,10 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
     let yjs = Yjs { conn, doc: doc.clone(), user: user.clone(), access, settings, attachment, dropped_updates: 0 };
     let dropped_updates = serve(&mut ws, &outbox, peer, clock, yjs, refusal).await;
     if dropped_updates > 0 {
-        tracing::info!(conn, doc = %doc, user = %user, dropped_updates, "read-only connection closed");
+        tracing::info!(conn = conn.get(), doc = %doc, user = %user, dropped_updates, "read-only connection closed");
     }
-    registry.events.emit("user_left", serde_json::json!({ "user": &*user, "doc": doc.as_str(), "conn": conn }));
-    tracing::debug!(conn, doc = %doc, "connection closed");
+    registry.events.emit("user_left", serde_json::json!({ "user": &*user, "doc": doc.as_str(), "conn": conn.get() }));
+    tracing::debug!(conn = conn.get(), doc = %doc, "connection closed");
 }
 
 fn gone() -> CloseReason {

@@ -21,8 +21,6 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, SyncMode};
-
 /// The numbered migrations in `schema/`, applied in order via `PRAGMA user_version`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/0001_init.sql"),
@@ -274,18 +272,38 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives power loss (SQLite `synchronous=FULL`).
+    Full,
+    /// Survives a process crash (SQLite `synchronous=NORMAL` in WAL mode).
+    Normal,
+}
+
+/// How the store opens its database (`app::store_settings` makes them from `Config`).
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub db: std::path::PathBuf,
+    pub durability: Durability,
+    /// How long a commit waits for another process's lock before it fails.
+    pub busy_timeout: Duration,
+    /// Commands committed in one transaction at most (group commit).
+    pub batch_max: usize,
+}
+
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the thread.
-    pub fn open(config: &Config) -> Result<Store, StoreError> {
-        let busy_timeout = Duration::from_millis(config.store_busy_timeout_ms);
-        let conn = open_connection(&config.db, config.sync, busy_timeout).map_err(|e| open_failure(&config.db, e))?;
+    pub fn open(config: &StoreSettings) -> Result<Store, StoreError> {
+        let conn = open_connection(&config.db, config.durability, config.busy_timeout)
+            .map_err(|e| open_failure(&config.db, e))?;
         // SQLite quietly opens a file it may not write read-only; every commit would then
         // fail. A server that cannot store an edit must not start.
         if conn.is_readonly(rusqlite::MAIN_DB)? {
             return Err(StoreError::ReadOnly { path: config.db.display().to_string() });
         }
         let (tx, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
-        let batch_max = config.store_batch_max.max(1);
+        let batch_max = config.batch_max.max(1);
         thread::Builder::new()
             .name("yserve-store".into())
             .spawn(move || Worker { conn, ids: HashMap::new() }.run(rx, batch_max))
@@ -381,7 +399,7 @@ impl Store {
     }
 }
 
-pub fn open_connection(path: &Path, sync: SyncMode, busy_timeout: Duration) -> Result<Connection, StoreError> {
+pub fn open_connection(path: &Path, sync: Durability, busy_timeout: Duration) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::CreateDir { path: dir.display().to_string(), message: e.to_string() })?;
@@ -393,8 +411,8 @@ pub fn open_connection(path: &Path, sync: SyncMode, busy_timeout: Duration) -> R
         None,
         "synchronous",
         match sync {
-            SyncMode::Full => "FULL",
-            SyncMode::Normal => "NORMAL",
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -577,7 +595,7 @@ impl Worker {
 fn relay_committed(doc: &str, relay: Relay) {
     for (conn, peer) in relay.to {
         if peer.send(relay.frame.clone()) == Err(crate::outbox::SendError::Overflow) {
-            tracing::warn!(conn, doc, "refused: slow consumer, outbound queue full (1013)");
+            tracing::warn!(conn = conn.get(), doc, "refused: slow consumer, outbound queue full (1013)");
         }
     }
 }
@@ -742,8 +760,8 @@ fn load(tx: &Connection, name: &str) -> Result<Loaded, StoreError> {
 mod tests {
     use super::*;
 
-    fn config(dir: &Path) -> Config {
-        Config { db: dir.join("sub/t.db"), ..Config::default() }
+    fn config(dir: &Path) -> StoreSettings {
+        crate::app::store_settings(&crate::config::Config { db: dir.join("sub/t.db"), ..Default::default() })
     }
 
     fn tempdir() -> std::path::PathBuf {
@@ -813,7 +831,7 @@ mod tests {
     ) -> (Relay, tokio::io::DuplexStream, crate::outbox::Outbox, crate::outbox::OutboxSender) {
         let (ours, theirs) = tokio::io::duplex(1024);
         let (_socket, outbox, sender) = crate::outbox::link(ours, 1024, crate::outbox::Opcode::Binary);
-        let relay = Relay { frame: bytes::Bytes::copy_from_slice(frame), to: vec![(7, sender.peer())] };
+        let relay = Relay { frame: bytes::Bytes::copy_from_slice(frame), to: vec![(crate::conn::ConnId(7), sender.peer())] };
         (relay, theirs, outbox, sender)
     }
 

@@ -360,7 +360,7 @@ impl DocActor {
                 for id in foreign {
                     let entry = update.clients.remove(&id).expect("key listed above");
                     if !presence::is_removal(&entry) && self.presence.accepts(id, &entry) {
-                        tracing::warn!(conn, doc = %self.name, user = %origin, client = id.get(), clock = entry.clock, "refused: awareness for another user's client id (1008)");
+                        tracing::warn!(conn = conn.get(), doc = %self.name, user = %origin, client = id.get(), clock = entry.clock, "refused: awareness for another user's client id (1008)");
                         self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id"));
                         return;
                     }
@@ -392,7 +392,7 @@ impl DocActor {
                     c.announced.extend(news);
                     if c.announced.len() > self.settings.awareness_clients_max {
                         let (user, count) = (c.origin.clone(), c.announced.len());
-                        tracing::warn!(conn, doc = %self.name, user = %user, count, max = self.settings.awareness_clients_max, "refused: awareness for too many client ids (1008)");
+                        tracing::warn!(conn = conn.get(), doc = %self.name, user = %user, count, max = self.settings.awareness_clients_max, "refused: awareness for too many client ids (1008)");
                         self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "awareness too large"));
                         return;
                     }
@@ -455,11 +455,11 @@ impl DocActor {
     fn hold(&mut self, conn: ConnId, checked: Checked, client: u64, clock: u32) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.held.len() >= HELD_UPDATES_MAX || c.held_bytes + checked.bytes > HELD_BYTES_MAX {
-            tracing::warn!(conn, doc = %self.name, user = %c.origin, client, clock, "refused: too many updates waiting for missing dependencies (1008)");
+            tracing::warn!(conn = conn.get(), doc = %self.name, user = %c.origin, client, clock, "refused: too many updates waiting for missing dependencies (1008)");
             self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "missing dependencies"));
             return;
         }
-        tracing::debug!(conn, doc = %self.name, client, clock, "holding an update until its dependencies arrive");
+        tracing::debug!(conn = conn.get(), doc = %self.name, client, clock, "holding an update until its dependencies arrive");
         c.held_bytes += checked.bytes;
         c.held.push_back(checked);
     }
@@ -493,7 +493,7 @@ impl DocActor {
         let new_clients: Vec<u64> =
             summary.runs.iter().filter(|r| r.end > sv.get(&yrs::ClientID::new(r.client))).map(|r| r.client).collect();
         if let Some(client) = new_clients.iter().copied().find(|c| self.owned_by_other(*c, &origin)) {
-            tracing::warn!(conn, doc = %self.name, user = %origin, client, "refused: update for another user's client id (1008)");
+            tracing::warn!(conn = conn.get(), doc = %self.name, user = %origin, client, "refused: update for another user's client id (1008)");
             self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id"));
             return false;
         }
@@ -503,7 +503,7 @@ impl DocActor {
             Vec::new()
         };
         if let Some(client) = self.squatted_client(conn, &summary, sv) {
-            tracing::warn!(conn, doc = %self.name, client, "refused: GC range over another client's clocks (1008)");
+            tracing::warn!(conn = conn.get(), doc = %self.name, client, "refused: GC range over another client's clocks (1008)");
             self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "client-id squatting"));
             return false;
         }
@@ -531,14 +531,14 @@ impl DocActor {
             }
             Ok(Err(e)) => {
                 self.ot_discard_events();
-                tracing::warn!(conn, doc = %self.name, error = %e, "refused: update does not apply (1007)");
+                tracing::warn!(conn = conn.get(), doc = %self.name, error = %e, "refused: update does not apply (1007)");
                 self.refuse(conn, CloseReason::new(close::INVALID_PAYLOAD, "update does not apply"));
                 self.rebuild().await;
                 return false;
             }
             Err(_) => {
                 self.ot_discard_events();
-                tracing::warn!(conn, doc = %self.name, "refused: update breaks the document (1008); rebuilding it from the store");
+                tracing::warn!(conn = conn.get(), doc = %self.name, "refused: update breaks the document (1008); rebuilding it from the store");
                 self.refuse(conn, CloseReason::new(close::POLICY_VIOLATION, "update breaks the document"));
                 self.rebuild().await;
                 return false;
@@ -546,7 +546,7 @@ impl DocActor {
         };
         self.last_seq += 1;
         let seq = self.last_seq;
-        tracing::trace!(conn, doc = %self.name, seq, bytes = delta.len(), "update applied");
+        tracing::trace!(conn = conn.get(), doc = %self.name, seq, bytes = delta.len(), "update applied");
         self.since_snapshot_updates += 1;
         self.since_snapshot_bytes += delta.len() as u64;
         let size = delta.len();
@@ -809,7 +809,7 @@ impl DocActor {
 
     fn send_failed(&mut self, conn: ConnId, error: SendError) {
         if error == SendError::Overflow {
-            tracing::warn!(conn, doc = %self.name, "refused: slow consumer, outbound queue full (1013)");
+            tracing::warn!(conn = conn.get(), doc = %self.name, "refused: slow consumer, outbound queue full (1013)");
         }
         self.remove_conn(conn);
     }

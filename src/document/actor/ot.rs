@@ -123,7 +123,7 @@ impl DocActor {
         // client hard-roll-back, dropping the op and every pending one, while an unanswered op
         // is re-sent after the reconnect (the socket closes with 1001). REST callers get 503.
         if self.shutting_down && matches!(reply, OtReplyTo::Wire { .. }) {
-            tracing::debug!(conn, doc = %self.name, text = %text, "ot request left unanswered: shutting down");
+            tracing::debug!(conn = conn.get(), doc = %self.name, text = %text, "ot request left unanswered: shutting down");
             return;
         }
         let result = match kind {
@@ -173,7 +173,7 @@ impl DocActor {
                 let result = self.ot_submit(&text, v, src, seq, op, writable, &user).await;
                 if let Err(e) = &result {
                     crate::metrics::METRICS.refused(e.code());
-                    tracing::info!(conn, doc = %self.name, user = %user, text = %text, code = e.code(), error = %e, "op refused");
+                    tracing::info!(conn = conn.get(), doc = %self.name, user = %user, text = %text, code = e.code(), error = %e, "op refused");
                 }
                 result
             }
