@@ -61,6 +61,7 @@ mod demo;
 mod durability;
 mod floods;
 mod hostile;
+mod imports;
 mod limits;
 mod ot;
 mod property;
