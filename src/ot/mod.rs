@@ -9,8 +9,8 @@
 //! - `presence`: ShareDB presence channels (cursors of OT clients), relayed between connections.
 //! - `error`: every OT error with its ShareDB code and HTTP status.
 //!
-//! The sequencers themselves live in the document actor (`document::ot`), the WebSocket
-//! connection in `session::ot`.
+//! The sequencers themselves live in the document actor (`document::actor::ot`, their state
+//! in `document::ot`), the WebSocket connection in `session::ot`.
 
 pub mod delta;
 pub mod error;

@@ -274,7 +274,7 @@ impl Session {
     }
 
     /// Doc presence goes through its document, which moves it to the text's current version
-    /// (`document::ot`) and acknowledges it; other channels' presence is relayed as sent and
+    /// (`document::actor::ot`) and acknowledges it; other channels' presence is relayed as sent and
     /// echoed here, as ShareDB replies to a presence.
     async fn send_presence(&mut self, msg: Presence, echo: &Value) {
         if let (Some(c), Some(d)) = (msg.c.clone(), msg.d.clone()) {

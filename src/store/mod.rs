@@ -831,7 +831,8 @@ mod tests {
     ) -> (Relay, tokio::io::DuplexStream, crate::outbox::Outbox, crate::outbox::OutboxSender) {
         let (ours, theirs) = tokio::io::duplex(1024);
         let (_socket, outbox, sender) = crate::outbox::link(ours, 1024, crate::outbox::Opcode::Binary);
-        let relay = Relay { frame: bytes::Bytes::copy_from_slice(frame), to: vec![(crate::conn::ConnId(7), sender.peer())] };
+        let relay =
+            Relay { frame: bytes::Bytes::copy_from_slice(frame), to: vec![(crate::conn::ConnId(7), sender.peer())] };
         (relay, theirs, outbox, sender)
     }
 
