@@ -14,6 +14,7 @@ use crate::document::Registry;
 use crate::limits::{LimitSettings, Limiter};
 use crate::ot::delta::DeltaLimits;
 use crate::protocol::FrameLimits;
+use crate::session::hocuspocus::HocuspocusSettings;
 use crate::session::ot::OtSessionSettings;
 use crate::session::{SessionSettings, Sessions};
 use crate::store::{Durability, StoreSettings};
@@ -36,6 +37,16 @@ pub fn session_settings(c: &Config) -> SessionSettings {
 /// Bounds on one OT op, from the flags; lengths stay far below yrs's `u32` positions.
 pub fn ot_op_limits(c: &Config) -> DeltaLimits {
     DeltaLimits { components_max: c.ot_op_components_max, insert_units_max: c.ot_op_insert_units_max, len_max: 1 << 31 }
+}
+
+/// The settings of a Hocuspocus connection: the Yjs session's, and its own caps.
+pub(crate) fn hocuspocus_settings(config: &Config) -> HocuspocusSettings {
+    HocuspocusSettings {
+        session: session_settings(config),
+        docs_max: config.hocuspocus_docs_per_connection_max.max(1),
+        preauth_bytes_max: config.hocuspocus_preauth_bytes_max,
+        preauth_frames_max: config.hocuspocus_preauth_frames_max,
+    }
 }
 
 /// How the store opens the database, from the flags.

@@ -311,6 +311,20 @@ pub struct Config {
     /// Documents one OT connection may have open at once.
     #[arg(long, env = "YSERVE_OT_DOCS_PER_CONNECTION_MAX", default_value_t = 64)]
     pub ot_docs_per_connection_max: usize,
+
+    /// Documents one Hocuspocus connection may have open or waiting for Auth at once;
+    /// more: 4205.
+    #[arg(long, env = "YSERVE_HOCUSPOCUS_DOCS_PER_CONNECTION_MAX", default_value_t = 100)]
+    pub hocuspocus_docs_per_connection_max: usize,
+
+    /// Bytes one Hocuspocus connection may send for documents not yet authenticated
+    /// (queued until their Auth); more: 4205.
+    #[arg(long, env = "YSERVE_HOCUSPOCUS_PREAUTH_BYTES_MAX", default_value_t = 5 * 1024 * 1024)]
+    pub hocuspocus_preauth_bytes_max: usize,
+
+    /// Frames one Hocuspocus connection may send for documents not yet authenticated; more: 4205.
+    #[arg(long, env = "YSERVE_HOCUSPOCUS_PREAUTH_FRAMES_MAX", default_value_t = 1000)]
+    pub hocuspocus_preauth_frames_max: usize,
 }
 
 impl Default for Config {

@@ -27,6 +27,7 @@ use crate::limits::key_for;
 use crate::outbox::{self, Opcode};
 use crate::rest;
 use crate::session;
+use crate::session::hocuspocus::HocuspocusParams;
 use crate::session::ot::OtSessionParams;
 use crate::session::yjs::SessionParams;
 
@@ -72,6 +73,8 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl Reply,), Erro
                 }
                 let target = match path.as_str() {
                     "/api/ot" => Target::Ot,
+                    // SPEC §9: the server's base URL and /api/hocuspocus speak Hocuspocus.
+                    "/" | "/api/hocuspocus" => Target::Hocuspocus,
                     p if p.starts_with("/api/") => return Err(warp::reject::not_found()),
                     p => match DocName::from_url_path(p) {
                         Ok(doc) => Target::Document(doc),
@@ -212,6 +215,9 @@ enum Target {
     Document(DocName),
     /// The ShareDB endpoint; documents are named per message, so grants are checked there.
     Ot,
+    /// The Hocuspocus endpoint: documents and their tokens come in the frames
+    /// (`session::hocuspocus` authenticates each document).
+    Hocuspocus,
 }
 
 struct Upgrade<'a> {
@@ -251,6 +257,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
     let doc: Arc<str> = match &target {
         Target::Document(d) => d.as_arc().clone(),
         Target::Ot => "/api/ot".into(),
+        Target::Hocuspocus => "/api/hocuspocus".into(),
     };
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if let Some(origin) = origin.filter(|_| !state.config.allowed_origin.is_empty()) {
@@ -259,8 +266,12 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
             return refused_upgrade(&ApiError::OriginNotAllowed);
         }
     }
+    // A Hocuspocus provider sends its token per document, in an Auth frame: the upgrade
+    // itself is not authenticated (`session::hocuspocus` authenticates each document).
+    let hocuspocus = matches!(target, Target::Hocuspocus);
     let identity = match state.auth.authenticate(token.as_deref(), now_unix()) {
         Ok(identity) => identity,
+        Err(_) if hocuspocus => crate::auth::Identity::anonymous(),
         Err(e) => {
             tracing::warn!(doc = %doc, error = %e, "refused upgrade: not authenticated (401)");
             return refused_upgrade(&ApiError::Unauthorized(e));
@@ -274,10 +285,12 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                 return refused_upgrade(&ApiError::NoGrant);
             }
         },
-        Target::Ot => None,
+        Target::Ot | Target::Hocuspocus => None,
     };
     let conn = state.next_conn();
-    let key = key_for(&identity.user, state.auth.is_anonymous(), conn.get());
+    // A Hocuspocus socket has no user yet: it is admitted (and rate limited) on its own, and
+    // each user it authenticates takes a slot of that user's cap too.
+    let key = key_for(&identity.user, state.auth.is_anonymous() || hocuspocus, conn.get());
     let permit = match state.limiter.admit(key, Instant::now()) {
         Ok(permit) => permit,
         Err(refusal) => {
@@ -310,12 +323,15 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
             }
         };
         let opcode = match target {
-            Target::Document(_) => Opcode::Binary,
-            _ => Opcode::Text,
+            Target::Document(_) | Target::Hocuspocus => Opcode::Binary,
+            Target::Ot => Opcode::Text,
         };
         let (socket, outbox, sender) = outbox::link(TokioIo::new(upgraded), queue_bytes_max, opcode);
         let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(ws_config)).await;
-        let expires_in = identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix())));
+        let expires_in = match hocuspocus {
+            true => None,
+            false => identity.expires_at.map(|at| Duration::from_secs(at.saturating_sub(now_unix()))),
+        };
         let link = session::Link { conn, expires_in, permit, limiter: state.limiter.clone(), outbox, sender };
         match (target, access) {
             (Target::Document(doc), Some(access)) => {
@@ -330,6 +346,21 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     settings: crate::app::session_settings(&state.config),
                 };
                 session::yjs::run(ws, state.registry.clone(), params).instrument(span).await;
+            }
+            (Target::Hocuspocus, _) => {
+                let span = tracing::info_span!("hocuspocus_session", conn = conn.get());
+                let auth_state = state.clone();
+                let conn_state = state.clone();
+                let params = HocuspocusParams {
+                    link,
+                    sessions: state.sessions.clone(),
+                    authenticate: Arc::new(move |token, now| auth_state.auth.authenticate(token, now)),
+                    anonymous: state.auth.is_anonymous(),
+                    next_conn: Arc::new(move || conn_state.next_conn()),
+                    now_unix,
+                    settings: crate::app::hocuspocus_settings(&state.config),
+                };
+                session::hocuspocus::run(ws, state.registry.clone(), params).instrument(span).await;
             }
             (_, _) => {
                 let span = tracing::info_span!("ot_session", conn = conn.get(), user = %identity.user);

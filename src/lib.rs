@@ -11,6 +11,7 @@ pub mod dblock;
 pub mod demo;
 pub mod docname;
 pub mod document;
+pub mod hocuspocus;
 pub mod http;
 pub mod limits;
 pub mod locks;

@@ -94,9 +94,12 @@ pub struct Outbox {
 }
 
 /// The document actor's end. Dropping it without a close (the actor died) closes the
-/// connection with 1011, so no session waits on a document that is gone.
+/// connection with 1011, so no session waits on a document that is gone; except a prefixed
+/// one (`prefixed`), one of several documents on a Hocuspocus connection.
 pub struct OutboxSender {
     shared: Arc<Shared>,
+    /// Written before every payload in the same frame (a Hocuspocus document's address).
+    prefix: Option<Bytes>,
 }
 
 /// A further sender for a connection that several documents write to (an OT connection
@@ -105,6 +108,7 @@ pub struct OutboxSender {
 #[derive(Clone)]
 pub struct OutboxPeer {
     shared: Arc<Shared>,
+    prefix: Option<Bytes>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -143,7 +147,7 @@ pub fn link(io: impl Io, queued_bytes_max: usize, opcode: Opcode) -> (Socket, Ou
         queued_bytes_max,
         opcode,
     });
-    (Socket { shared: shared.clone() }, Outbox { shared: shared.clone() }, OutboxSender { shared })
+    (Socket { shared: shared.clone() }, Outbox { shared: shared.clone() }, OutboxSender { shared, prefix: None })
 }
 
 /// The header of an unmasked, final frame of `len` payload bytes (RFC 6455 §5.2).
@@ -169,16 +173,18 @@ impl Shared {
         self.state.lock().expect("outbox lock poisoned")
     }
 
-    /// Writes a data frame from a document: straight to the socket when nothing is queued
-    /// before it, else into the backlog.
-    fn send(&self, payload: Bytes) -> Result<(), SendError> {
-        let (h, hlen) = header(self.opcode, payload.len());
-        let total = hlen + payload.len();
+    /// Writes a data frame from a document, `prefix` then `payload`: straight to the socket
+    /// when nothing is queued before it, else into the backlog. The prefix is a slice of its
+    /// own in the same `writev`, so a relay frame encoded once serves every connection.
+    fn send(&self, prefix: Option<&Bytes>, payload: Bytes) -> Result<(), SendError> {
+        let plen = prefix.map_or(0, Bytes::len);
+        let (h, hlen) = header(self.opcode, plen + payload.len());
+        let total = hlen + plen + payload.len();
         let mut state = self.lock();
         if state.close.is_some() || state.senders_closed || state.broken {
             return Err(SendError::Closed);
         }
-        METRICS.bytes_sent.fetch_add(payload.len() as u64, Relaxed);
+        METRICS.bytes_sent.fetch_add((plen + payload.len()) as u64, Relaxed);
         if !state.backlog.is_empty() {
             if state.backlog_bytes + total > self.queued_bytes_max {
                 let waker = state.request_close(SLOW_CONSUMER);
@@ -187,13 +193,17 @@ impl Shared {
                 return Err(SendError::Overflow);
             }
             state.push(Bytes::copy_from_slice(&h[..hlen]), false);
+            if let Some(prefix) = prefix {
+                state.push(prefix.clone(), false);
+            }
             state.push(payload, true);
             return Ok(());
         }
         let mut cx = Context::from_waker(Waker::noop());
-        let written = match Pin::new(&mut state.io)
-            .poll_write_vectored(&mut cx, &[IoSlice::new(&h[..hlen]), IoSlice::new(&payload)])
-        {
+        let empty = Bytes::new();
+        let prefix = prefix.unwrap_or(&empty);
+        let slices = [IoSlice::new(&h[..hlen]), IoSlice::new(prefix), IoSlice::new(&payload)];
+        let written = match Pin::new(&mut state.io).poll_write_vectored(&mut cx, &slices) {
             Poll::Ready(Ok(n)) if n == total => return Ok(()),
             Poll::Ready(Ok(n)) => n,
             Poll::Pending => 0,
@@ -207,9 +217,15 @@ impl Shared {
         };
         if written < hlen {
             state.push(Bytes::copy_from_slice(&h[written..hlen]), false);
+            if plen > 0 {
+                state.push(prefix.clone(), false);
+            }
+            state.push(payload, true);
+        } else if written < hlen + plen {
+            state.push(prefix.slice(written - hlen..), false);
             state.push(payload, true);
         } else {
-            state.push(payload.slice(written - hlen..), true);
+            state.push(payload.slice(written - hlen - plen..), true);
         }
         state.mid_frame = written > 0;
         let waker = state.session.take();
@@ -316,11 +332,23 @@ impl OutboxSender {
     /// Sends `payload` as one data frame. Errors say the connection is closing; the caller
     /// forgets it (the session ends it).
     pub fn send(&self, payload: Bytes) -> Result<(), SendError> {
-        self.shared.send(payload)
+        self.shared.send(self.prefix.as_ref(), payload)
+    }
+
+    /// A further sender to the same connection whose every frame starts with `prefix` (one
+    /// Hocuspocus document's address). Dropping it closes nothing: the connection's other
+    /// documents go on.
+    pub fn prefixed(&self, prefix: Bytes) -> OutboxSender {
+        OutboxSender { shared: self.shared.clone(), prefix: Some(prefix) }
+    }
+
+    /// Whether frames get a prefix (the connection speaks Hocuspocus).
+    pub fn is_prefixed(&self) -> bool {
+        self.prefix.is_some()
     }
 
     pub fn peer(&self) -> OutboxPeer {
-        OutboxPeer { shared: self.shared.clone() }
+        OutboxPeer { shared: self.shared.clone(), prefix: self.prefix.clone() }
     }
 
     /// Asks the session to close the connection; the backlog is dropped.
@@ -331,7 +359,9 @@ impl OutboxSender {
 
 impl Drop for OutboxSender {
     fn drop(&mut self) {
-        self.close(CloseReason::new(close::INTERNAL_ERROR, "document closed"));
+        if self.prefix.is_none() {
+            self.close(CloseReason::new(close::INTERNAL_ERROR, "document closed"));
+        }
     }
 }
 
@@ -350,7 +380,7 @@ impl crate::ot::presence::Peer for OutboxPeer {
 
 impl OutboxPeer {
     pub fn send(&self, payload: Bytes) -> Result<(), SendError> {
-        self.shared.send(payload)
+        self.shared.send(self.prefix.as_ref(), payload)
     }
 
     pub fn close(&self, reason: CloseReason) {
@@ -576,6 +606,27 @@ mod tests {
         want.extend([0x89, 0x00, 0x8a, 0x00, 0x82, 2, 2, 2]);
         assert_eq!(wire, want);
         flush.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_prefixed_sender_writes_its_prefix_in_the_frame_whatever_the_socket_takes() {
+        for pipe in [2, 3, 5, 64] {
+            let (_socket, outbox, tx, mut peer) = pipe_link(pipe, 10_000);
+            let doc = tx.prefixed(Bytes::from_static(b"\x01d"));
+            doc.send(payload(3, 7)).unwrap();
+            doc.peer().send(payload(1, 8)).unwrap();
+            let drain = tokio::spawn(async move {
+                let next = outbox.next().await;
+                (next, outbox)
+            });
+            assert_eq!(read_frame(&mut peer).await, (0x82, vec![1, b'd', 7, 7, 7]), "pipe {pipe}");
+            assert_eq!(read_frame(&mut peer).await, (0x82, vec![1, b'd', 8]), "pipe {pipe}");
+            // Dropping a document's prefixed sender leaves the connection open.
+            drop(doc);
+            assert!(!drain.is_finished());
+            drop(tx);
+            assert!(matches!(drain.await.unwrap().0, Next::Close(r) if r.code == close::INTERNAL_ERROR));
+        }
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use super::ot::{OtRequest, OtSettings};
@@ -15,7 +16,7 @@ use super::query::DocQuery;
 use crate::docname::DocName;
 use crate::outbox::OutboxSender;
 use crate::presence::ConnId;
-use crate::protocol::Inbound;
+use crate::protocol::{Checked, Inbound};
 
 /// Messages queued for one document; the bound back-pressures sessions, not the actor.
 const MAILBOX_MESSAGES_MAX: usize = 1024;
@@ -38,6 +39,12 @@ pub enum DocMsg {
     Join { conn: ConnId, outbox: OutboxSender, origin: Arc<str> },
     /// A message from a connection; `user` is its authenticated user (the log's origin).
     Inbound { conn: ConnId, user: Arc<str>, msg: Inbound },
+    /// An update from a Hocuspocus connection, with the SyncStatus frame that acknowledges
+    /// it: sent only once the update is committed (or found to hold nothing new, behind
+    /// every commit issued before it); never if it is refused or never applied.
+    UpdateAcked { conn: ConnId, user: Arc<str>, update: Checked, ack: Bytes },
+    /// A Hocuspocus Stateless body, relayed to the document's other Hocuspocus connections.
+    Stateless { conn: ConnId, body: Bytes },
     /// A request of an OT client (ShareDB connection or REST) about one root text.
     Ot(OtRequest),
     /// An operator request (REST): state, presence, a posted update, deletion.
@@ -67,6 +74,11 @@ pub struct DocGone;
 impl DocHandle {
     pub async fn send(&self, msg: DocMsg) -> Result<(), DocGone> {
         self.tx.send(msg).await.map_err(|_| DocGone)
+    }
+
+    /// Whether the actor has stopped (it failed, or unloaded after its last attachment).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// As `send`, handing the message back if the actor has stopped (to retry elsewhere).

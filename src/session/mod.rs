@@ -9,10 +9,13 @@
 //!
 //! - `yjs`: a Yjs connection to one document (binary frames, decoded by `protocol`).
 //! - `ot`: a ShareDB connection at `/api/ot` (JSON text frames, `crate::ot`).
+//! - `hocuspocus`: a Hocuspocus connection at `/` or `/api/hocuspocus` (binary frames for
+//!   many documents, decoded by `crate::hocuspocus`).
 //!
 //! Refusals are logged with the connection id (and the document, for Yjs); the document is
 //! not involved. Called by `http` after the upgrade; knows nothing of warp.
 
+pub mod hocuspocus;
 pub mod ot;
 pub mod yjs;
 
@@ -145,6 +148,10 @@ pub(crate) trait Protocol {
     type Kept;
     /// One data frame of the protocol's kind, within the rate limit; `Some` closes.
     async fn on_frame(&mut self, frame: Message) -> Option<CloseReason>;
+    /// At every ping tick, before the ping: the protocol's own timers; `Some` closes.
+    fn tick(&mut self) -> Option<CloseReason> {
+        None
+    }
     /// When the loop ends, before the outbox closes.
     async fn leave(&mut self) {}
     /// After the outbox closed and before the close frame: lets go of the documents.
@@ -221,6 +228,8 @@ pub(crate) async fn serve<P: Protocol>(
                 if last_heard.elapsed() >= idle_timeout {
                     tracing::info!(conn = conn.get(), doc, user = %user, "{}: no message or pong (4408)", P::CLOSING);
                     refusal = Some(CloseReason::new(close::IDLE_TIMEOUT, "idle timeout"));
+                } else if let Some(reason) = proto.tick() {
+                    refusal = Some(reason);
                 } else {
                     outbox.ping();
                 }

@@ -121,12 +121,12 @@ pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, param
     tracing::debug!(conn = conn.get(), doc = %doc, "connection closed");
 }
 
-fn gone() -> CloseReason {
+pub(super) fn gone() -> CloseReason {
     CloseReason::new(close::INTERNAL_ERROR, "document unavailable")
 }
 
 /// The awareness cap a session can check alone: each state's JSON size. How many client ids
 /// a connection announces is counted by the document, which knows whose states are news.
-fn awareness_allowed(update: &AwarenessUpdate, settings: &SessionSettings) -> bool {
+pub(super) fn awareness_allowed(update: &AwarenessUpdate, settings: &SessionSettings) -> bool {
     update.clients.values().all(|e| e.json.len() <= settings.awareness_state_bytes_max)
 }

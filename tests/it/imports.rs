@@ -16,6 +16,7 @@ const PURE_CORE: &[&str] = &[
     "conn.rs",
     "demo.rs",
     "docname.rs",
+    "hocuspocus.rs",
     "document/events.rs",
     "document/parking.rs",
     "limits.rs",

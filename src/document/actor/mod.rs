@@ -63,8 +63,14 @@ struct Conn {
     announced: HashSet<u64>,
     /// Updates that cannot apply yet (they build on clocks the document does not have),
     /// kept out of yrs until their dependencies arrive; see `apply_update`.
-    held: VecDeque<Checked>,
+    held: VecDeque<Held>,
     held_bytes: usize,
+}
+
+/// An update waiting for its dependencies, and the SyncStatus acknowledging it (Hocuspocus).
+struct Held {
+    update: Checked,
+    ack: Option<Bytes>,
 }
 
 /// A frame to send once every commit up to a ticket is durable.
@@ -322,6 +328,22 @@ impl DocActor {
                 }
             }
             DocMsg::Inbound { conn, user, msg } => self.handle_inbound(conn, user, msg).await,
+            DocMsg::UpdateAcked { conn, user, update, ack } => {
+                // Not applied while shutting down, so not acknowledged: the provider re-sends
+                // it when it reconnects.
+                if !self.shutting_down {
+                    self.apply_update(conn, update, user, Some(ack)).await;
+                }
+            }
+            DocMsg::Stateless { conn, body } => {
+                // Stateless reveals no document state: it goes at once, to the document's
+                // other Hocuspocus connections (a y-websocket client knows no type 5).
+                let to: Vec<ConnId> =
+                    self.conns.iter().filter(|(id, c)| **id != conn && c.outbox.is_prefixed()).map(|(id, _)| *id).collect();
+                for id in to {
+                    self.send_to(id, body.clone());
+                }
+            }
             DocMsg::Ot(req) => self.handle_ot(req).await,
             DocMsg::Query(query) => self.handle_query(query).await,
             DocMsg::Shutdown => self.shutting_down = true,
@@ -343,7 +365,7 @@ impl DocActor {
                 }
                 // Updates of a connection that already left are still applied: edits are
                 // never dropped for want of a reply address.
-                self.apply_update(conn, update, user).await;
+                self.apply_update(conn, update, user, None).await;
             }
             Inbound::Awareness(mut update) => {
                 // Awareness of a connection that is gone would be owned by nobody.
@@ -436,23 +458,30 @@ impl DocActor {
     /// reconnecting it sends new local edits before its SyncStep2 carries the offline edits
     /// they build on. Held updates of a connection that ends are dropped: the client
     /// uploads everything the server lacks when it reconnects.
-    async fn apply_update(&mut self, conn: ConnId, checked: Checked, origin: Arc<str>) {
-        let mut next = Some((conn, checked, origin));
-        while let Some((conn, checked, origin)) = next.take() {
+    ///
+    /// `ack` (a Hocuspocus SyncStatus) is parked behind the update's own commit, so it
+    /// leaves after it; a held update keeps its ack until it applies.
+    async fn apply_update(&mut self, conn: ConnId, checked: Checked, origin: Arc<str>, ack: Option<Bytes>) {
+        let mut next = Some((conn, checked, origin, ack));
+        while let Some((conn, checked, origin, ack)) = next.take() {
             let sv = self.doc.transact().state_vector();
             if let Some((client, clock)) = checked.summary.first_missing_dependency(|c| sv.get(&yrs::ClientID::new(c)))
             {
-                self.hold(conn, checked, client, clock);
+                self.hold(conn, Held { update: checked, ack }, client, clock);
                 return;
             }
             if !self.apply_ready(conn, checked, origin, &sv).await {
                 return;
             }
+            if let Some(ack) = ack {
+                self.park(Parked::To(conn, ack));
+            }
             next = self.take_ready_held();
         }
     }
 
-    fn hold(&mut self, conn: ConnId, checked: Checked, client: u64, clock: u32) {
+    fn hold(&mut self, conn: ConnId, held: Held, client: u64, clock: u32) {
+        let checked = &held.update;
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.held.len() >= HELD_UPDATES_MAX || c.held_bytes + checked.bytes > HELD_BYTES_MAX {
             tracing::warn!(conn = conn.get(), doc = %self.name, user = %c.origin, client, clock, "refused: too many updates waiting for missing dependencies (1008)");
@@ -461,11 +490,11 @@ impl DocActor {
         }
         tracing::debug!(conn = conn.get(), doc = %self.name, client, clock, "holding an update until its dependencies arrive");
         c.held_bytes += checked.bytes;
-        c.held.push_back(checked);
+        c.held.push_back(held);
     }
 
     /// The first held update (of any connection) that now applies completely.
-    fn take_ready_held(&mut self) -> Option<(ConnId, Checked, Arc<str>)> {
+    fn take_ready_held(&mut self) -> Option<(ConnId, Checked, Arc<str>, Option<Bytes>)> {
         if self.conns.values().all(|c| c.held.is_empty()) {
             return None;
         }
@@ -474,11 +503,11 @@ impl DocActor {
             let ready = c
                 .held
                 .iter()
-                .position(|h| h.summary.first_missing_dependency(|k| sv.get(&yrs::ClientID::new(k))).is_none());
+                .position(|h| h.update.summary.first_missing_dependency(|k| sv.get(&yrs::ClientID::new(k))).is_none());
             if let Some(i) = ready {
-                let held = c.held.remove(i).expect("index from position");
-                c.held_bytes -= held.bytes;
-                return Some((*id, held, c.origin.clone()));
+                let Held { update, ack } = c.held.remove(i).expect("index from position");
+                c.held_bytes -= update.bytes;
+                return Some((*id, update, c.origin.clone(), ack));
             }
         }
         None
