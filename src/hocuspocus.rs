@@ -87,7 +87,10 @@ pub enum Frame<'a> {
     /// A v4 provider's connection-level Pong (or Ping): liveness only.
     Pong,
     Ping,
-    Doc { address: Address, message: Message<'a> },
+    Doc {
+        address: Address,
+        message: Message<'a>,
+    },
 }
 
 /// A message for one document.
@@ -97,7 +100,10 @@ pub enum Message<'a> {
     /// for `protocol::decode_frame_with`.
     Yjs(Cow<'a, [u8]>),
     /// Auth Token: the JWT, and the provider's version (v4 appends it; v2 and v3 do not).
-    Token { token: &'a str, version: Option<&'a str> },
+    Token {
+        token: &'a str,
+        version: Option<&'a str>,
+    },
     /// Auth subtypes only the server sends; ignored.
     OtherAuth(u64),
     Stateless(&'a str),
@@ -282,7 +288,10 @@ mod tests {
         assert_eq!(address.doc.as_str(), "notes");
         assert_eq!(message, Message::Token { token: "jwt", version: Some("4.5.0") });
         let v3 = token_frame("notes", "", None);
-        assert!(matches!(decode(&v3).unwrap(), Frame::Doc { message: Message::Token { token: "", version: None }, .. }));
+        assert!(matches!(
+            decode(&v3).unwrap(),
+            Frame::Doc { message: Message::Token { token: "", version: None }, .. }
+        ));
     }
 
     #[test]
@@ -303,7 +312,7 @@ mod tests {
         let a = addr("notes\0session-1");
         assert_eq!((a.doc.as_str(), a.raw.as_str()), ("notes", "notes\0session-1"));
         let f = frame(&a, &SYNC_STATUS_SAVED);
-        assert_eq!(&f[..], b"\x10notes\0session-1\x08\x01");
+        assert_eq!(&f[..], b"\x0fnotes\0session-1\x08\x01");
     }
 
     #[test]

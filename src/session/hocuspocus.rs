@@ -259,7 +259,13 @@ impl Hocuspocus {
 
     /// Attaches a document (answering Authenticated when `answer`), then replays what was
     /// queued for it.
-    async fn attach(&mut self, address: Address, identity: Identity, access: Access, answer: bool) -> Option<CloseReason> {
+    async fn attach(
+        &mut self,
+        address: Address,
+        identity: Identity,
+        access: Access,
+        answer: bool,
+    ) -> Option<CloseReason> {
         if self.docs.len() + self.pending.len() >= self.settings.docs_max && !self.pending.contains_key(&address.raw) {
             tracing::warn!(conn = self.conn.get(), doc = %address.doc, max = self.settings.docs_max, "hocuspocus: refused: too many documents on one connection (4205)");
             return Some(reset("too many documents"));

@@ -60,6 +60,7 @@ mod decoders;
 mod demo;
 mod durability;
 mod floods;
+mod hocuspocus;
 mod hostile;
 mod imports;
 mod limits;

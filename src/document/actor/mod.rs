@@ -338,8 +338,12 @@ impl DocActor {
             DocMsg::Stateless { conn, body } => {
                 // Stateless reveals no document state: it goes at once, to the document's
                 // other Hocuspocus connections (a y-websocket client knows no type 5).
-                let to: Vec<ConnId> =
-                    self.conns.iter().filter(|(id, c)| **id != conn && c.outbox.is_prefixed()).map(|(id, _)| *id).collect();
+                let to: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(id, c)| **id != conn && c.outbox.is_prefixed())
+                    .map(|(id, _)| *id)
+                    .collect();
                 for id in to {
                     self.send_to(id, body.clone());
                 }
