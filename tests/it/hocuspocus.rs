@@ -232,3 +232,13 @@ async fn documents_on_one_socket_are_separate_and_close_detaches_only_one() {
     let y = Client::synced(&server.url("one")).await;
     assert_eq!(y.text(), "first");
 }
+
+#[tokio::test]
+async fn a_document_token_that_expires_while_open_closes_the_socket_with_4401() {
+    let server = TestServer::start_with(&["--jwt-secret", SECRET, "--ping-interval-ms", "200"]);
+    let mut ws = connect(&server, "/").await;
+    // Valid for about two more seconds (the server allows five seconds of leeway).
+    send(&mut ws, auth_frame("short", &token("alice", &[("*", Access::Write)], -3))).await;
+    assert_eq!(u64::from(next_of(&mut ws, "short", 2).await[1]), wire::auth::AUTHENTICATED);
+    assert_eq!(closed_with(&mut ws).await, 4401);
+}
