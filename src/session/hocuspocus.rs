@@ -42,6 +42,11 @@ use crate::outbox::{OutboxSender, Socket};
 use crate::presence::ConnId;
 use crate::protocol::{self, close, CloseReason, Inbound};
 
+/// Longest time between two ticks (Ping to a v4 provider, token expiry checks). The provider
+/// drops a socket that heard nothing for 30 s (`messageReconnectTimeout`), checking every 3 s;
+/// a Ping every 10 s keeps one without awareness alive whatever `ping_interval` is.
+const TICK_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The limits of a Hocuspocus connection (`app::hocuspocus_settings`).
 #[derive(Debug, Clone)]
 pub struct HocuspocusSettings {
@@ -393,7 +398,7 @@ impl Hocuspocus {
 pub async fn run(mut ws: WebSocketStream<Socket>, registry: Arc<Registry>, params: HocuspocusParams) {
     let HocuspocusParams { link, sessions, authenticate, anonymous, next_conn, now_unix, settings } = params;
     let Link { conn, expires_in: _, permit, limiter, outbox, sender } = link;
-    let clock = Clock::start(settings.session.ping_interval, None);
+    let clock = Clock::start(settings.session.ping_interval.min(TICK_INTERVAL_MAX), None);
     tracing::debug!(conn = conn.get(), "hocuspocus: connection opened");
     let peer = Peer {
         conn,

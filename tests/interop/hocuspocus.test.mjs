@@ -223,16 +223,19 @@ test('raw frames: BroadcastStateless closes 4205; too much before Auth closes 42
   }
 })
 
-test('v3: an idle connection stays open past the provider\'s 30 s message timeout', { timeout: 60000 }, async () => {
+test('v2, v3, v4: an idle connection stays open past the provider\'s 30 s message timeout', { timeout: 60000 }, async () => {
   const srv = await new Server().start()
-  const c = hp(v3, srv.url, 'idle', { token: 'dev' })
+  // v2 and v3 hear their awareness renewals echoed; v4 without awareness hears the Ping.
+  const cs = [hp(v2, srv.url, 'idle', {}), hp(v3, srv.url, 'idle', { token: 'dev' }), hp(v4, srv.url, 'idle', { token: 'dev', awareness: null })]
   try {
-    await waitFor(() => allSynced(c), 'synced')
+    await waitFor(() => cs.every(allSynced), 'synced')
     await new Promise(resolve => setTimeout(resolve, 35000))
-    assert.deepEqual(c.events.closes, [], 'no close in 35 s')
-    assert.equal(c.provider.configuration.websocketProvider.status, 'connected')
+    for (const [i, c] of cs.entries()) {
+      assert.deepEqual(c.events.closes, [], `v${i + 2}: no close in 35 s`)
+      assert.equal(c.provider.configuration.websocketProvider.status, 'connected', `v${i + 2}`)
+    }
   } finally {
-    destroyHp(c)
+    destroyHp(...cs)
     await srv.dispose()
   }
 })

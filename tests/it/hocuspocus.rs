@@ -242,3 +242,34 @@ async fn a_document_token_that_expires_while_open_closes_the_socket_with_4401() 
     assert_eq!(u64::from(next_of(&mut ws, "short", 2).await[1]), wire::auth::AUTHENTICATED);
     assert_eq!(closed_with(&mut ws).await, 4401);
 }
+
+#[tokio::test]
+async fn frames_sent_before_auth_are_replayed_once_it_succeeds() {
+    let server = TestServer::start_with(&["--jwt-secret", SECRET]);
+    let mut ws = connect(&server, "/").await;
+    // SyncStep1 with an empty state vector, queued: the document is not authorized yet.
+    send(&mut ws, wire::frame(&addr("early"), &[0, 0, 1, 0]).to_vec()).await;
+    send(&mut ws, update_frame("early", "queued")).await;
+    send(&mut ws, auth_frame("early", &token("alice", &[("early", Access::Write)], 3600))).await;
+    assert_eq!(u64::from(next_of(&mut ws, "early", 2).await[1]), wire::auth::AUTHENTICATED);
+    assert_eq!(next_of(&mut ws, "early", 8).await, wire::SYNC_STATUS_SAVED, "the queued update applied");
+    let t = token("bob", &[("early", Access::Read)], 3600);
+    assert_eq!(Client::synced(&format!("{}?token={t}", server.url("early"))).await.text(), "queued");
+}
+
+#[tokio::test]
+async fn query_awareness_is_answered_with_the_documents_states() {
+    let server = TestServer::start();
+    let mut y = Client::synced(&server.url("aware")).await;
+    y.set_awareness(1, r#"{"user":"ann"}"#).await;
+    y.pump_until(|c| !c.awareness.is_empty(), "own awareness echoed").await;
+    let mut ws = connect(&server, "/").await;
+    send(&mut ws, auth_frame("aware", "")).await;
+    next_of(&mut ws, "aware", 2).await;
+    send(&mut ws, wire::frame(&addr("aware"), &[3]).to_vec()).await;
+    // The join sends the states once; the query sends them again.
+    for _ in 0..2 {
+        let body = next_of(&mut ws, "aware", 1).await;
+        assert!(String::from_utf8_lossy(&body).contains("ann"));
+    }
+}
