@@ -15,7 +15,8 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use yrs::encoding::write::Write;
 
 use crate::docname::{DocName, DocNameError};
 
@@ -75,9 +76,9 @@ impl Address {
 
     /// `varString(raw)`: what every frame for this address starts with.
     pub fn prefix(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.raw.len() + 3);
-        put_string(&mut out, &self.raw);
-        out.freeze()
+        let mut out = Vec::with_capacity(self.raw.len() + 3);
+        out.write_string(&self.raw);
+        out.into()
     }
 }
 
@@ -171,8 +172,8 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes one inbound frame. Bodies of the y-protocols types are handed on undecoded (and
-/// unvalidated: `protocol` does that); `string_bytes_max` bounds tokens and stateless
-/// payloads (the frame is already within `message_bytes_max`).
+/// unvalidated: `protocol` does that); tokens and stateless payloads are bounded by the
+/// frame, which is already within `message_bytes_max`.
 pub fn decode(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
     // The v4 provider's Pong is the type alone, without an address. A one-byte frame can be
     // nothing else: an address of length 9 or 10 would need the bytes behind it.
@@ -209,19 +210,6 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
     Ok(Frame::Doc { address, message })
 }
 
-fn put_var_uint(out: &mut BytesMut, mut n: u64) {
-    while n >= 0x80 {
-        out.put_u8((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.put_u8(n as u8);
-}
-
-fn put_string(out: &mut BytesMut, s: &str) {
-    put_var_uint(out, s.len() as u64);
-    out.put_slice(s.as_bytes());
-}
-
 /// Auth Authenticated with the scope the provider records (`authorizedScope`).
 pub fn encode_authenticated(address: &Address, read_only: bool) -> Bytes {
     let scope = if read_only { "readonly" } else { "read-write" };
@@ -235,30 +223,30 @@ pub fn encode_permission_denied(address: &Address, reason: &str) -> Bytes {
 }
 
 fn auth_frame(address: &Address, sub: u64, text: Option<&str>) -> Bytes {
-    let mut out = BytesMut::with_capacity(address.raw.len() + 16 + text.map_or(0, str::len));
-    put_string(&mut out, &address.raw);
-    put_var_uint(&mut out, kind::AUTH);
-    put_var_uint(&mut out, sub);
+    let mut out = Vec::with_capacity(address.raw.len() + 16 + text.map_or(0, str::len));
+    out.write_string(&address.raw);
+    out.write_var(kind::AUTH);
+    out.write_var(sub);
     if let Some(text) = text {
-        put_string(&mut out, text);
+        out.write_string(text);
     }
-    out.freeze()
+    out.into()
 }
 
 /// A Stateless body (`varUint(5) · varString(payload)`), for the address prefix to go before.
 pub fn encode_stateless_body(payload: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 6);
-    put_var_uint(&mut out, kind::STATELESS);
-    put_string(&mut out, payload);
-    out.freeze()
+    let mut out = Vec::with_capacity(payload.len() + 6);
+    out.write_var(kind::STATELESS);
+    out.write_string(payload);
+    out.into()
 }
 
 /// A whole frame: the address prefix and a body.
 pub fn frame(address: &Address, body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(address.raw.len() + 3 + body.len());
-    put_string(&mut out, &address.raw);
-    out.put_slice(body);
-    out.freeze()
+    let mut out = Vec::with_capacity(address.raw.len() + 3 + body.len());
+    out.write_string(&address.raw);
+    out.write_all(body);
+    out.into()
 }
 
 #[cfg(test)]
@@ -270,15 +258,15 @@ mod tests {
     }
 
     fn token_frame(name: &str, token: &str, version: Option<&str>) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        put_string(&mut out, name);
-        put_var_uint(&mut out, kind::AUTH);
-        put_var_uint(&mut out, auth::TOKEN);
-        put_string(&mut out, token);
+        let mut out = Vec::new();
+        out.write_string(name);
+        out.write_var(kind::AUTH);
+        out.write_var(auth::TOKEN);
+        out.write_string(token);
         if let Some(v) = version {
-            put_string(&mut out, v);
+            out.write_string(v);
         }
-        out.to_vec()
+        out
     }
 
     #[test]

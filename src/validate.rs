@@ -107,6 +107,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Whether the update neither writes nor deletes anything.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.deleted_ranges == 0
+    }
+
     /// Whether the update can be applied completely against a document whose state vector
     /// gives `known(client)`: no gaps, no skips, every referenced or deleted clock either
     /// known or written earlier in this update. An update that cannot would be held

@@ -192,10 +192,8 @@ impl Hocuspocus {
     /// Queues a frame of a document that has not authenticated yet, within the caps.
     fn queue(&mut self, address: Address, frame: &Bytes) -> Option<CloseReason> {
         let conn = self.conn.get();
-        let new = !self.pending.contains_key(&address.raw);
-        if new && self.docs.len() + self.pending.len() >= self.settings.docs_max {
-            tracing::warn!(conn, doc = %address.doc, max = self.settings.docs_max, "hocuspocus: refused: too many documents on one connection (4205)");
-            return Some(reset("too many documents"));
+        if let Some(reason) = self.over_docs_cap(&address) {
+            return Some(reason);
         }
         if self.pending_bytes + frame.len() > self.settings.preauth_bytes_max
             || self.pending_frames + 1 > self.settings.preauth_frames_max
@@ -206,6 +204,17 @@ impl Hocuspocus {
         self.pending_bytes += frame.len();
         self.pending_frames += 1;
         self.pending.entry(address.raw).or_default().push(frame.clone());
+        None
+    }
+
+    /// 4205 if `address` would be one document more than a socket may have open or waiting
+    /// (a document already waiting for its Auth is not a new one).
+    fn over_docs_cap(&self, address: &Address) -> Option<CloseReason> {
+        let new = !self.pending.contains_key(&address.raw);
+        if new && self.docs.len() + self.pending.len() >= self.settings.docs_max {
+            tracing::warn!(conn = self.conn.get(), doc = %address.doc, max = self.settings.docs_max, "hocuspocus: refused: too many documents on one connection (4205)");
+            return Some(reset("too many documents"));
+        }
         None
     }
 
@@ -271,9 +280,8 @@ impl Hocuspocus {
         access: Access,
         answer: bool,
     ) -> Option<CloseReason> {
-        if self.docs.len() + self.pending.len() >= self.settings.docs_max && !self.pending.contains_key(&address.raw) {
-            tracing::warn!(conn = self.conn.get(), doc = %address.doc, max = self.settings.docs_max, "hocuspocus: refused: too many documents on one connection (4205)");
-            return Some(reset("too many documents"));
+        if let Some(reason) = self.over_docs_cap(&address) {
+            return Some(reason);
         }
         let user = identity.user.clone();
         if !self.anonymous && !self.permits.contains_key(&user) {
@@ -352,17 +360,15 @@ impl Hocuspocus {
         };
         let doc = self.docs.get_mut(raw)?;
         let (conn, user) = (doc.conn, doc.user.clone());
-        match protocol::decode_frame_with(&body, &self.settings.session.frame_limits) {
+        let decoded = protocol::decode_frame_with(&body, &self.settings.session.frame_limits);
+        let step2 = matches!(decoded, Ok(Inbound::SyncStep2(_)));
+        match decoded {
             Ok(Inbound::Auth | Inbound::Unknown(_)) => None,
             // Read grants sync and share awareness; their updates are dropped (not applied,
             // stored or relayed), counted, and answered SyncStatus 0 as Hocuspocus does. A
             // SyncStep2 with nothing in it (the provider had nothing new) is answered 1.
-            Ok(msg @ (Inbound::SyncStep2(_) | Inbound::Update(_))) if doc.access == Access::Read => {
-                let (empty, step2) = match &msg {
-                    Inbound::SyncStep2(c) => (c.summary.runs.is_empty() && c.summary.deleted_ranges == 0, true),
-                    Inbound::Update(c) => (c.summary.runs.is_empty() && c.summary.deleted_ranges == 0, false),
-                    _ => unreachable!("matched above"),
-                };
+            Ok(Inbound::SyncStep2(c) | Inbound::Update(c)) if doc.access == Access::Read => {
+                let empty = c.summary.is_empty();
                 let saved = step2 && empty;
                 if !empty {
                     doc.dropped_updates += 1;

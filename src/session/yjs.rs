@@ -57,7 +57,7 @@ impl Protocol for Yjs {
             // Read grants sync and share awareness; their updates are dropped (not applied,
             // stored or relayed), counted, and logged once.
             Ok(Inbound::SyncStep2(c) | Inbound::Update(c)) if self.access == Access::Read => {
-                if !c.summary.runs.is_empty() || c.summary.deleted_ranges > 0 {
+                if !c.summary.is_empty() {
                     self.dropped_updates += 1;
                     if self.dropped_updates == 1 {
                         tracing::warn!(conn = conn.get(), doc = %doc, user = %user, "dropping updates from a read-only connection");
