@@ -9,6 +9,11 @@
 //!   restarts the server and times a client getting the whole document.
 //! - `ingest`: group-commit throughput of `yserve::store::Store`, in-process.
 //!
+//! `idle` and `latency` speak y-websocket (one socket per document, `<url>/<room>`) or, with
+//! `--protocol hocuspocus`, the Hocuspocus provider protocol (one socket at `<url>/`, every
+//! frame prefixed with the document name, Auth before sync), so that yserve and Hocuspocus
+//! are measured with the same clients, updates and clocks.
+//!
 //! The generator is only a client: it reaches servers over loopback WebSockets (or the store
 //! in-process), samples the server process through /proc, and every loop in it is bounded in
 //! count and time. It runs on one thread so the server keeps most of the machine's cores; its
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -87,9 +92,13 @@ enum Scenario {
 /// (its pid is then known, so RSS and CPU are sampled without `--pid`).
 #[derive(Debug, Args)]
 struct TargetArgs {
-    /// Base WebSocket URL of a running y-websocket server; rooms are `<url>/<room>`.
+    /// Base WebSocket URL of a running server: with `--protocol yjs` rooms are `<url>/<room>`;
+    /// with `--protocol hocuspocus` every connection opens `<url>` itself (`/` if it has no path).
     #[arg(long)]
     url: Option<String>,
+    /// Wire protocol of the simulated clients.
+    #[arg(long, value_enum, default_value = "yjs")]
+    protocol: Protocol,
     /// Pid of the server behind `--url`, for RSS and CPU samples from /proc.
     #[arg(long)]
     pid: Option<u32>,
@@ -108,6 +117,15 @@ struct TargetArgs {
     /// server never hands old content to a new run.
     #[arg(long)]
     room_prefix: Option<String>,
+}
+
+/// The client protocols the generator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// y-websocket (y-protocols frames, the document in the URL path).
+    Yjs,
+    /// The Hocuspocus provider protocol (document name before every frame, Auth first).
+    Hocuspocus,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +277,14 @@ struct CpuWindow {
 struct CpuUse {
     user: f64,
     system: f64,
+    wall_secs: f64,
+}
+
+impl CpuUse {
+    /// CPU time over the window divided among `count` events, in microseconds each.
+    fn micros_each(&self, count: u64) -> f64 {
+        (self.user + self.system) / 100.0 * self.wall_secs * 1e6 / count.max(1) as f64
+    }
 }
 
 impl std::fmt::Display for CpuUse {
@@ -276,7 +302,7 @@ impl CpuWindow {
         let (user, system) = cpu_ticks(&self.pid)?;
         let wall_secs = self.at.elapsed().as_secs_f64();
         let percent = |ticks: u64| 100.0 * ticks as f64 / clock_ticks_per_sec() as f64 / wall_secs;
-        Ok(CpuUse { user: percent(user - self.ticks.0), system: percent(system - self.ticks.1) })
+        Ok(CpuUse { user: percent(user - self.ticks.0), system: percent(system - self.ticks.1), wall_secs })
     }
 }
 
@@ -469,6 +495,7 @@ impl Drop for TempDir {
 struct Target {
     url: String,
     pid: Option<u32>,
+    protocol: Protocol,
     room_prefix: String,
     // Field order is drop order: the server stops before its database folder goes.
     server: Option<ServerProcess>,
@@ -484,6 +511,7 @@ impl Target {
             return Ok(Target {
                 url: url.trim_end_matches('/').to_string(),
                 pid: args.pid,
+                protocol: args.protocol,
                 room_prefix,
                 server: None,
                 _dir: None,
@@ -498,11 +526,28 @@ impl Target {
             args.commit_times,
         )?;
         eprintln!("spawned {} (pid {}) at {}", args.server_bin.display(), server.pid(), server.url());
-        Ok(Target { url: server.url(), pid: Some(server.pid()), room_prefix, server: Some(server), _dir: Some(dir) })
+        Ok(Target {
+            url: server.url(),
+            pid: Some(server.pid()),
+            protocol: args.protocol,
+            room_prefix,
+            server: Some(server),
+            _dir: Some(dir),
+        })
     }
 
-    fn room_url(&self, room: usize) -> String {
-        format!("{}/{}-{room}", self.url, self.room_prefix)
+    /// The socket URL for a client of `room` and how that client frames its messages.
+    fn client(&self, room: usize) -> (String, Wire) {
+        let doc = format!("{}-{room}", self.room_prefix);
+        match self.protocol {
+            Protocol::Yjs => (format!("{}/{doc}", self.url), Wire::Yjs),
+            Protocol::Hocuspocus => {
+                // `ws://host:port` has no path yet (the trailing `/` was trimmed): the root.
+                let has_path = self.url.splitn(4, '/').nth(3).is_some_and(|p| !p.is_empty());
+                let url = if has_path { self.url.clone() } else { format!("{}/", self.url) };
+                (url, Wire::Hocuspocus { doc: doc.into() })
+            }
+        }
     }
 }
 
@@ -548,36 +593,198 @@ fn awareness_hello(client_id: ClientID) -> Bytes {
 }
 
 /// A server message as this client uses it.
+#[derive(Debug)]
 enum FromServer {
     SyncStep1(StateVector),
     SyncStep2(Update),
     Update(Update),
-    /// Awareness, auth, query-awareness and custom messages: not needed by these scenarios.
+    /// Hocuspocus's connection-level Ping (v4), to be answered with a Pong.
+    Ping,
+    /// Awareness, auth, query-awareness, sync status and custom messages: not needed by these
+    /// scenarios.
     Other,
 }
 
-/// Decodes a server message with `yrs::sync` itself rather than with yserve's inbound
-/// decoder: the generator must work against any y-websocket server, and the server's decoder
+/// Decodes a y-websocket server message with `yrs::sync` itself rather than with yserve's
+/// inbound decoder: the generator must work against any server, and the server's decoder
 /// applies server-side limits that are no business of a client's.
 fn decode_from_server(frame: &[u8]) -> Result<FromServer> {
-    let msg = YMessage::decode_v1(frame).context("undecodable message from the server")?;
+    match YMessage::decode_v1(frame).context("undecodable message from the server")? {
+        YMessage::Sync(sync) => from_sync(sync),
+        _ => Ok(FromServer::Other),
+    }
+}
+
+fn from_sync(msg: SyncMessage) -> Result<FromServer> {
     let update = |bytes: Vec<u8>| Update::decode_v1(&bytes).context("undecodable update");
     Ok(match msg {
-        YMessage::Sync(SyncMessage::SyncStep1(sv)) => FromServer::SyncStep1(sv),
-        YMessage::Sync(SyncMessage::SyncStep2(bytes)) => FromServer::SyncStep2(update(bytes)?),
-        YMessage::Sync(SyncMessage::Update(bytes)) => FromServer::Update(update(bytes)?),
-        _ => FromServer::Other,
+        SyncMessage::SyncStep1(sv) => FromServer::SyncStep1(sv),
+        SyncMessage::SyncStep2(bytes) => FromServer::SyncStep2(update(bytes)?),
+        SyncMessage::Update(bytes) => FromServer::Update(update(bytes)?),
     })
+}
+
+/// How a client frames messages on its socket: the one difference between the protocols
+/// that the scenarios see. Handshake, updates, timestamps and decoding of the updates are the
+/// same code for both.
+#[derive(Debug, Clone)]
+enum Wire {
+    /// y-websocket: a y-protocols message is the whole frame; the document is in the URL.
+    Yjs,
+    /// Hocuspocus: `varString(doc) · varUint(type) · body`; the socket could carry more
+    /// documents, each of these clients attaches one.
+    Hocuspocus { doc: Arc<str> },
+}
+
+impl Wire {
+    /// Frames a y-protocols Sync or Awareness message. Hocuspocus uses the same type numbers
+    /// (0, 1) and bodies behind the document name, so the frame is the name and the message.
+    fn frame(&self, msg: Bytes) -> Bytes {
+        match self {
+            Wire::Yjs => msg,
+            Wire::Hocuspocus { doc } => hocus::frame(doc, &msg),
+        }
+    }
+
+    /// What a client sends first, before SyncStep1: a v3/v4 provider's Auth with an empty
+    /// token (anonymous).
+    fn hello(&self) -> Option<Bytes> {
+        match self {
+            Wire::Yjs => None,
+            Wire::Hocuspocus { doc } => Some(hocus::auth(doc, "")),
+        }
+    }
+
+    fn decode(&self, frame: &[u8]) -> Result<FromServer> {
+        let Wire::Hocuspocus { doc } = self else {
+            return decode_from_server(frame);
+        };
+        let Some(frame) = hocus::split(frame)? else {
+            return Ok(FromServer::Ping);
+        };
+        ensure!(frame.doc == &**doc, "a frame for document {:?} on the socket of {doc:?}", frame.doc);
+        match frame.kind {
+            // SyncReply is a Sync message the server sends after its own SyncStep1.
+            hocus::SYNC | hocus::SYNC_REPLY => {
+                from_sync(SyncMessage::decode_v1(frame.body).context("undecodable sync message")?)
+            }
+            hocus::AUTH => match hocus::read_auth(frame.body)? {
+                hocus::AuthReply::Denied { reason } => bail!("permission denied for {doc:?}: {reason}"),
+                _ => Ok(FromServer::Other),
+            },
+            // Awareness, SyncStatus (the server's ack of an applied update), Pong, …
+            _ => Ok(FromServer::Other),
+        }
+    }
+
+    fn pong(&self) -> Bytes {
+        Bytes::from_static(&[hocus::PONG as u8])
+    }
+}
+
+/// The Hocuspocus provider protocol as these clients use it: the message types of
+/// `@hocuspocus/server` (`MessageType`) and the auth sub-types of `@hocuspocus/common`, all
+/// lib0 varints and varStrings (which yrs's encoding module writes and reads).
+mod hocus {
+    use anyhow::{Context, Result};
+    use bytes::Bytes;
+    use yrs::encoding::read::{Cursor, Read};
+    use yrs::encoding::write::Write;
+    use yrs::sync::protocol::{MSG_AWARENESS, MSG_SYNC};
+
+    pub const SYNC: u32 = 0;
+    pub const AWARENESS: u32 = 1;
+    pub const AUTH: u32 = 2;
+    pub const SYNC_REPLY: u32 = 4;
+    /// Ping and Pong are connection-level: one byte, no document name.
+    pub const PING: u32 = 9;
+    pub const PONG: u32 = 10;
+    pub const AUTH_TOKEN: u32 = 0;
+    pub const AUTH_PERMISSION_DENIED: u32 = 1;
+    pub const AUTH_AUTHENTICATED: u32 = 2;
+    // `frame` puts y-protocols messages behind the name as they are: the numbers must agree.
+    const _: () = assert!(SYNC == MSG_SYNC as u32 && AWARENESS == MSG_AWARENESS as u32);
+    /// Sent after the token where a v4 provider sends its version.
+    pub const PROVIDER_VERSION: &str = concat!("yserve-loadgen/", env!("CARGO_PKG_VERSION"));
+
+    fn with_name(doc: &str, extra: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(doc.len() + 5 + extra);
+        buf.write_string(doc);
+        buf
+    }
+
+    /// `msg` (varUint type · body) behind the document name.
+    pub fn frame(doc: &str, msg: &[u8]) -> Bytes {
+        let mut buf = with_name(doc, msg.len());
+        buf.extend_from_slice(msg);
+        buf.into()
+    }
+
+    /// Auth · Token · token · provider version.
+    pub fn auth(doc: &str, token: &str) -> Bytes {
+        let mut buf = with_name(doc, token.len() + PROVIDER_VERSION.len() + 8);
+        buf.write_var(AUTH);
+        buf.write_var(AUTH_TOKEN);
+        buf.write_string(token);
+        buf.write_string(PROVIDER_VERSION);
+        buf.into()
+    }
+
+    /// A server frame taken apart: the body is what follows the type.
+    #[derive(Debug, PartialEq)]
+    pub struct Frame<'a> {
+        pub doc: &'a str,
+        pub kind: u32,
+        pub body: &'a [u8],
+    }
+
+    /// Splits a server frame; `None` is a Ping.
+    pub fn split(frame: &[u8]) -> Result<Option<Frame<'_>>> {
+        if frame == [PING as u8] {
+            return Ok(None);
+        }
+        // The name is sliced out by hand: yrs's `read_string` borrows the cursor, not the frame.
+        let mut cursor = Cursor::new(frame);
+        let len: usize = cursor.read_var().context("no document name in a Hocuspocus frame")?;
+        let name = frame.get(cursor.next..).and_then(|rest| rest.get(..len)).context("truncated document name")?;
+        let doc = std::str::from_utf8(name).context("document name is not UTF-8")?;
+        cursor.next += len;
+        let kind = cursor.read_var().context("no message type in a Hocuspocus frame")?;
+        Ok(Some(Frame { doc, kind, body: &frame[cursor.next..] }))
+    }
+
+    #[derive(Debug, PartialEq)]
+    pub enum AuthReply {
+        Authenticated {
+            scope: String,
+        },
+        Denied {
+            reason: String,
+        },
+        /// A sub-type a client does not expect from a server (Token: a token sync request).
+        Other(u32),
+    }
+
+    pub fn read_auth(body: &[u8]) -> Result<AuthReply> {
+        let mut cursor = Cursor::new(body);
+        let sub: u32 = cursor.read_var().context("no auth sub-type")?;
+        let mut text = || cursor.read_string().map(str::to_string).context("truncated auth message");
+        Ok(match sub {
+            AUTH_AUTHENTICATED => AuthReply::Authenticated { scope: text()? },
+            AUTH_PERMISSION_DENIED => AuthReply::Denied { reason: text()? },
+            other => AuthReply::Other(other),
+        })
+    }
 }
 
 /// The next binary frame, decoded. Close frames and socket errors end the wait with an error
 /// that names the close code, so a refusal by the server (1013, 1008, …) is visible.
-async fn next_inbound(ws: &mut (impl StreamExt<Item = WsResult> + Unpin)) -> Result<FromServer> {
+async fn next_inbound(ws: &mut (impl StreamExt<Item = WsResult> + Unpin), wire: &Wire) -> Result<FromServer> {
     loop {
         match ws.next().await {
             None => bail!("connection closed"),
             Some(Err(e)) => return Err(e).context("connection failed"),
-            Some(Ok(Message::Binary(frame))) => return decode_from_server(&frame),
+            Some(Ok(Message::Binary(frame))) => return wire.decode(&frame),
             Some(Ok(Message::Close(frame))) => bail!("server closed the connection: {frame:?}"),
             Some(Ok(_)) => {}
         }
@@ -586,54 +793,66 @@ async fn next_inbound(ws: &mut (impl StreamExt<Item = WsResult> + Unpin)) -> Res
 
 type WsResult = Result<Message, tokio_tungstenite::tungstenite::Error>;
 
-/// The client half of the y-websocket handshake, as the stock provider does it: send
-/// SyncStep1 (and the awareness hello), answer the server's SyncStep1 with SyncStep2, and
-/// return once the server's SyncStep2 is applied to `doc`.
-async fn sync(ws: &mut Ws, doc: &Doc, awareness: bool) -> Result<()> {
+/// The client half of the handshake, as the stock provider does it: (Hocuspocus: Auth first,)
+/// send SyncStep1 (and the awareness hello), answer the server's SyncStep1 with SyncStep2,
+/// and return once the server's SyncStep2 is applied to `doc`.
+async fn sync(ws: &mut Ws, wire: &Wire, doc: &Doc, awareness: bool) -> Result<()> {
+    if let Some(hello) = wire.hello() {
+        ws.send(binary(hello)).await?;
+    }
     let step1 = protocol::encode_sync_step1(&doc.transact().state_vector());
-    ws.send(binary(step1)).await?;
+    ws.send(binary(wire.frame(step1))).await?;
     if awareness {
-        ws.send(binary(awareness_hello(doc.client_id()))).await?;
+        ws.send(binary(wire.frame(awareness_hello(doc.client_id())))).await?;
     }
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
-        let inbound = tokio::time::timeout_at(deadline, next_inbound(ws))
+        let inbound = tokio::time::timeout_at(deadline, next_inbound(ws, wire))
             .await
             .context("no SyncStep2 from the server in time")??;
         match inbound {
             FromServer::SyncStep1(sv) => {
                 let diff = doc.transact().encode_state_as_update_v1(&sv);
-                ws.send(binary(protocol::encode_sync_step2(diff))).await?;
+                ws.send(binary(wire.frame(protocol::encode_sync_step2(diff)))).await?;
             }
             FromServer::SyncStep2(update) => {
                 doc.transact_mut().apply_update(update)?;
                 return Ok(());
             }
             FromServer::Update(update) => doc.transact_mut().apply_update(update)?,
-            _ => {}
+            FromServer::Ping => ws.send(binary(wire.pong())).await?,
+            FromServer::Other => {}
         }
     }
 }
 
+/// A synced connection of a scenario.
+struct Client {
+    ws: Ws,
+    wire: Wire,
+    doc: Doc,
+}
+
 /// Opens `count` connections, connection `i` to room `i % rooms`, each synced, at most
-/// `CONNECTS_IN_FLIGHT_MAX` at a time. Returns them in index order with their docs.
-async fn connect_all(target: &Target, count: usize, rooms: usize, awareness: bool) -> Result<Vec<(Ws, Doc)>> {
-    let mut opened: Vec<(usize, Ws, Doc)> = futures::stream::iter(0..count)
+/// `CONNECTS_IN_FLIGHT_MAX` at a time. Returns them in index order.
+async fn connect_all(target: &Target, count: usize, rooms: usize, awareness: bool) -> Result<Vec<Client>> {
+    let mut opened: Vec<(usize, Client)> = futures::stream::iter(0..count)
         .map(|i| async move {
             // Client ids as Yjs makes them would be random u32s; distinct small ones make
             // the logs readable and are just as valid.
             let doc = Doc::with_client_id(1_000 + i as u64);
-            let mut ws = connect(&target.room_url(i % rooms), 8 * 1024).await?;
-            sync(&mut ws, &doc, awareness).await.with_context(|| format!("handshake of connection {i}"))?;
-            Ok::<_, anyhow::Error>((i, ws, doc))
+            let (url, wire) = target.client(i % rooms);
+            let mut ws = connect(&url, 8 * 1024).await?;
+            sync(&mut ws, &wire, &doc, awareness).await.with_context(|| format!("handshake of connection {i}"))?;
+            Ok::<_, anyhow::Error>((i, Client { ws, wire, doc }))
         })
         .buffer_unordered(CONNECTS_IN_FLIGHT_MAX)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    opened.sort_by_key(|(i, _, _)| *i);
-    Ok(opened.into_iter().map(|(_, ws, doc)| (ws, doc)).collect())
+    opened.sort_by_key(|(i, _)| *i);
+    Ok(opened.into_iter().map(|(_, client)| client).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -655,7 +874,7 @@ async fn idle(args: IdleArgs) -> Result<()> {
     // Each connection keeps reading (as a browser does) so pings are answered and nothing
     // piles up in the server's outbound queues; it closes when told to stop.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let holders: Vec<_> = opened.into_iter().map(|(ws, _doc)| tokio::spawn(hold(ws, stop_rx.clone()))).collect();
+    let holders: Vec<_> = opened.into_iter().map(|client| tokio::spawn(hold(client, stop_rx.clone()))).collect();
     tokio::time::sleep(settle).await;
     let connected = rss_kib(pid)?;
 
@@ -683,11 +902,18 @@ async fn idle(args: IdleArgs) -> Result<()> {
     Ok(())
 }
 
-async fn hold(mut ws: Ws, mut stop: watch::Receiver<bool>) {
+async fn hold(client: Client, mut stop: watch::Receiver<bool>) {
+    let Client { mut ws, wire, .. } = client;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             msg = ws.next() => match msg {
+                // Only a Hocuspocus Ping needs an answer from an idle client.
+                Some(Ok(Message::Binary(frame))) if frame[..] == [hocus::PING as u8] => {
+                    if ws.send(binary(wire.pong())).await.is_err() {
+                        return;
+                    }
+                }
                 Some(Ok(_)) => {}
                 _ => return,
             },
@@ -773,12 +999,12 @@ impl Tracker {
 /// applies (and times) what the server relays. Ends when the scheduler drops its sender.
 async fn latency_client(
     index: usize,
-    mut ws: Ws,
-    doc: Doc,
+    client: Client,
     mut turns: mpsc::Receiver<()>,
     tracker: Arc<Tracker>,
     receivers: u32,
 ) -> Result<()> {
+    let Client { mut ws, wire, doc } = client;
     let me = doc.client_id();
     let text: TextRef = doc.get_or_insert_text(TEXT_NAME);
     loop {
@@ -796,7 +1022,7 @@ async fn latency_client(
                     ((me, clock), txn.encode_update_v1())
                 };
                 tracker.sent(id, index, receivers);
-                ws.send(binary(protocol::encode_update(update))).await?;
+                ws.send(binary(wire.frame(protocol::encode_update(update)))).await?;
             }
             msg = ws.next() => {
                 // The instant is taken before decoding: decoding is the receiver's work, not
@@ -809,19 +1035,27 @@ async fn latency_client(
                     Some(Err(e)) => return Err(e).context("connection failed"),
                     None => bail!("server closed a connection"),
                 };
-                if let FromServer::Update(update) = decode_from_server(&frame)? {
-                    let ids = update.state_vector_lower();
-                    let mut foreign = false;
-                    for (&client, &clock) in ids.iter() {
-                        // Our own update relayed back to us is not a delivery.
-                        if client != me {
-                            foreign = true;
-                            tracker.delivered((client, clock), index, at);
-                        }
+                let update = match wire.decode(&frame)? {
+                    FromServer::Update(update) => update,
+                    FromServer::Ping => {
+                        ws.send(binary(wire.pong())).await?;
+                        continue;
                     }
-                    if foreign {
-                        doc.transact_mut().apply_update(update)?;
+                    _ => continue,
+                };
+                // A server may merge several clients' updates into one (Hocuspocus does, per
+                // event-loop turn): each client's lowest new clock is its update's id.
+                let ids = update.state_vector_lower();
+                let mut foreign = false;
+                for (&client, &clock) in ids.iter() {
+                    // Our own update relayed back to us (Hocuspocus echoes) is not a delivery.
+                    if client != me {
+                        foreign = true;
+                        tracker.delivered((client, clock), index, at);
                     }
+                }
+                if foreign {
+                    doc.transact_mut().apply_update(update)?;
                 }
             }
         }
@@ -845,11 +1079,11 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     let tracker = Arc::new(Tracker::default());
     let mut turns = Vec::with_capacity(args.conns);
     let mut clients = Vec::with_capacity(args.conns);
-    for (i, (ws, doc)) in opened.into_iter().enumerate() {
+    for (i, client) in opened.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(64);
         let receivers = (members[i % args.rooms].len() - 1) as u32;
         turns.push(tx);
-        clients.push(tokio::spawn(latency_client(i, ws, doc, rx, tracker.clone(), receivers)));
+        clients.push(tokio::spawn(latency_client(i, client, rx, tracker.clone(), receivers)));
     }
     tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
 
@@ -907,9 +1141,10 @@ async fn latency(args: LatencyArgs) -> Result<()> {
         args.conns, args.rooms, total, args.rate, send_secs
     );
     println!(
-        "latency: deliveries {} of {} expected ({} updates sent, {} still pending, {} unmatched)",
+        "latency: deliveries {} of {} expected, {:.2} % delivered ({} updates sent, {} still pending, {} unmatched)",
         lat.len(),
         expected,
+        100.0 * lat.len() as f64 / expected.max(1) as f64,
         state.sent,
         state.pending.len(),
         state.unmatched
@@ -927,7 +1162,12 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     }
     match server_cpu {
         Some(cpu) => {
-            println!("latency: server CPU {cpu} (target <= 15 %); load generator {own_cpu}")
+            println!("latency: server CPU {cpu} (target <= 15 %); load generator {own_cpu}");
+            println!(
+                "latency: server CPU per delivered update {:.2} us (load generator {:.2} us)",
+                cpu.micros_each(lat.len() as u64),
+                own_cpu.micros_each(lat.len() as u64)
+            );
         }
         None => println!("latency: server CPU not sampled (give --pid); load generator {own_cpu}"),
     }
@@ -1037,7 +1277,7 @@ fn trace_updates(trace: &Trace) -> Result<Vec<Bytes>> {
 async fn write_history(url: &str, frames: &[Bytes], window: usize) -> Result<Duration> {
     let mut ws = connect(url, 128 * 1024).await?;
     let doc = Doc::new();
-    sync(&mut ws, &doc, false).await?;
+    sync(&mut ws, &Wire::Yjs, &doc, false).await?;
     let started = Instant::now();
     let (mut sink, mut stream) = ws.split();
     let credit = Semaphore::new(window.max(1));
@@ -1060,7 +1300,7 @@ async fn write_history(url: &str, frames: &[Bytes], window: usize) -> Result<Dur
     let reader = async {
         let mut echoed = 0;
         while echoed < frames.len() {
-            let inbound = timeout(RECEIVE_IDLE_TIMEOUT, next_inbound(&mut stream))
+            let inbound = timeout(RECEIVE_IDLE_TIMEOUT, next_inbound(&mut stream, &Wire::Yjs))
                 .await
                 .with_context(|| format!("no echo for {RECEIVE_IDLE_TIMEOUT:?} after {echoed}"))??;
             if let FromServer::Update(_) = inbound {
@@ -1312,4 +1552,98 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::updates::encoder::Encode;
+
+    fn wire(doc: &str) -> Wire {
+        Wire::Hocuspocus { doc: doc.into() }
+    }
+
+    /// A server frame: the name, the type, then the body as given.
+    fn server_frame(doc: &str, kind: u32, body: &[u8]) -> Vec<u8> {
+        let mut msg = Vec::new();
+        yrs::encoding::write::Write::write_var(&mut msg, kind);
+        msg.extend_from_slice(body);
+        hocus::frame(doc, &msg).to_vec()
+    }
+
+    fn one_insert() -> Vec<u8> {
+        let doc = Doc::with_client_id(42);
+        let text = doc.get_or_insert_text(TEXT_NAME);
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "abc");
+        txn.encode_update_v1()
+    }
+
+    #[test]
+    fn auth_is_name_type_token_and_version() {
+        let frame = hocus::auth("room-1", "");
+        let mut expected = vec![6];
+        expected.extend_from_slice(b"room-1");
+        expected.extend_from_slice(&[2, 0, 0, hocus::PROVIDER_VERSION.len() as u8]);
+        expected.extend_from_slice(hocus::PROVIDER_VERSION.as_bytes());
+        assert_eq!(&frame[..], &expected[..]);
+    }
+
+    #[test]
+    fn an_update_is_the_y_protocols_message_behind_the_name() {
+        let update = one_insert();
+        let y = protocol::encode_update(update.clone());
+        let framed = wire("ré").frame(y.clone());
+        // varString: the length in UTF-8 bytes (3), then the bytes.
+        assert_eq!(&framed[..4], &[3, b'r', 0xc3, 0xa9]);
+        assert_eq!(&framed[4..], &y[..]);
+        let split = hocus::split(&framed).unwrap().unwrap();
+        assert_eq!((split.doc, split.kind), ("ré", hocus::SYNC));
+        assert_eq!(SyncMessage::decode_v1(split.body).unwrap(), SyncMessage::Update(update));
+        // The yjs wire sends the message as it is.
+        assert_eq!(Wire::Yjs.frame(y.clone()), y);
+    }
+
+    #[test]
+    fn sync_and_sync_reply_decode_as_y_protocols() {
+        let update = one_insert();
+        let w = wire("d");
+        let step2 = SyncMessage::SyncStep2(update.clone()).encode_v1();
+        assert!(matches!(w.decode(&server_frame("d", hocus::SYNC, &step2)).unwrap(), FromServer::SyncStep2(_)));
+        let step1 = SyncMessage::SyncStep1(StateVector::default()).encode_v1();
+        assert!(matches!(w.decode(&server_frame("d", hocus::SYNC_REPLY, &step1)).unwrap(), FromServer::SyncStep1(_)));
+        let relayed = SyncMessage::Update(update).encode_v1();
+        let FromServer::Update(u) = w.decode(&server_frame("d", hocus::SYNC, &relayed)).unwrap() else {
+            panic!("not an update");
+        };
+        let ids: Vec<(ClientID, u32)> = u.state_vector_lower().iter().map(|(c, k)| (*c, *k)).collect();
+        assert_eq!(ids, vec![(Doc::with_client_id(42).client_id(), 0)]);
+    }
+
+    #[test]
+    fn auth_replies_ping_and_other_types() {
+        let w = wire("d");
+        let mut ok = vec![hocus::AUTH_AUTHENTICATED as u8, 10];
+        ok.extend_from_slice(b"read-write");
+        assert_eq!(hocus::read_auth(&ok).unwrap(), hocus::AuthReply::Authenticated { scope: "read-write".into() });
+        assert!(matches!(w.decode(&server_frame("d", hocus::AUTH, &ok)).unwrap(), FromServer::Other));
+        let denied = [hocus::AUTH_PERMISSION_DENIED as u8, 4, b'n', b'o', b'p', b'e'];
+        let err = w.decode(&server_frame("d", hocus::AUTH, &denied)).unwrap_err();
+        assert!(format!("{err:#}").contains("permission denied") && format!("{err:#}").contains("nope"), "{err:#}");
+        // SyncStatus 1 (saved) and awareness are of no use to these clients.
+        assert!(matches!(w.decode(&server_frame("d", 8, &[1])).unwrap(), FromServer::Other));
+        assert!(matches!(w.decode(&server_frame("d", hocus::AWARENESS, &[1, 0])).unwrap(), FromServer::Other));
+        assert!(matches!(w.decode(&[hocus::PING as u8]).unwrap(), FromServer::Ping));
+        assert_eq!(&w.pong()[..], &[hocus::PONG as u8]);
+    }
+
+    #[test]
+    fn frames_of_another_document_or_cut_short_are_errors() {
+        let w = wire("d");
+        let step1 = SyncMessage::SyncStep1(StateVector::default()).encode_v1();
+        assert!(w.decode(&server_frame("e", hocus::SYNC, &step1)).is_err());
+        assert!(hocus::split(&[5, b'a', b'b']).is_err());
+        assert!(hocus::split(&[1, b'd']).is_err());
+        assert!(hocus::split(&[2, 0xff, 0xfe, 0]).is_err());
+    }
 }
