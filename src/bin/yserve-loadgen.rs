@@ -38,12 +38,14 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async_with_config, MaybeTlsStream, WebSocketStream};
+use yrs::encoding::write::Write;
 use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::sync::{AwarenessUpdate, Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, Update};
 
 use yserve::config::{Config, SyncMode};
+use yserve::hocuspocus::{self, Address, Frame as HFrame, Message as HMessage};
 use yserve::protocol;
 use yserve::store::{Store, StoreError};
 
@@ -545,7 +547,7 @@ impl Target {
                 // `ws://host:port` has no path yet (the trailing `/` was trimmed): the root.
                 let has_path = self.url.splitn(4, '/').nth(3).is_some_and(|p| !p.is_empty());
                 let url = if has_path { self.url.clone() } else { format!("{}/", self.url) };
-                (url, Wire::Hocuspocus { doc: doc.into() })
+                (url, Wire::hocuspocus(&doc).expect("room names are document names"))
             }
         }
     }
@@ -631,149 +633,64 @@ fn from_sync(msg: SyncMessage) -> Result<FromServer> {
 enum Wire {
     /// y-websocket: a y-protocols message is the whole frame; the document is in the URL.
     Yjs,
-    /// Hocuspocus: `varString(doc) · varUint(type) · body`; the socket could carry more
-    /// documents, each of these clients attaches one.
-    Hocuspocus { doc: Arc<str> },
+    /// Hocuspocus: `varString(address) · varUint(type) · body`; the socket could carry more
+    /// documents, each of these clients attaches one. The codec is the server's own
+    /// (`yserve::hocuspocus`), which decodes frames of either direction.
+    Hocuspocus { address: Address },
 }
 
+/// Sent after the token where a v4 provider sends its version.
+const HOCUSPOCUS_PROVIDER_VERSION: &str = concat!("yserve-loadgen/", env!("CARGO_PKG_VERSION"));
+
 impl Wire {
+    fn hocuspocus(doc: &str) -> Result<Wire> {
+        Ok(Wire::Hocuspocus { address: Address::parse(doc).context("room name is not a document name")? })
+    }
+
     /// Frames a y-protocols Sync or Awareness message. Hocuspocus uses the same type numbers
-    /// (0, 1) and bodies behind the document name, so the frame is the name and the message.
+    /// (0, 1) and bodies behind the address, so the frame is the address and the message.
     fn frame(&self, msg: Bytes) -> Bytes {
         match self {
             Wire::Yjs => msg,
-            Wire::Hocuspocus { doc } => hocus::frame(doc, &msg),
+            Wire::Hocuspocus { address } => hocuspocus::frame(address, &msg),
         }
     }
 
-    /// What a client sends first, before SyncStep1: a v3/v4 provider's Auth with an empty
-    /// token (anonymous).
+    /// What a client sends first, before SyncStep1: a v4 provider's Auth Token with an empty
+    /// token (anonymous) and its version.
     fn hello(&self) -> Option<Bytes> {
-        match self {
-            Wire::Yjs => None,
-            Wire::Hocuspocus { doc } => Some(hocus::auth(doc, "")),
-        }
+        let Wire::Hocuspocus { address } = self else {
+            return None;
+        };
+        let mut body = Vec::with_capacity(4 + HOCUSPOCUS_PROVIDER_VERSION.len());
+        body.write_var(hocuspocus::kind::AUTH);
+        body.write_var(hocuspocus::auth::TOKEN);
+        body.write_string("");
+        body.write_string(HOCUSPOCUS_PROVIDER_VERSION);
+        Some(hocuspocus::frame(address, &body))
     }
 
     fn decode(&self, frame: &[u8]) -> Result<FromServer> {
-        let Wire::Hocuspocus { doc } = self else {
+        let Wire::Hocuspocus { address: ours } = self else {
             return decode_from_server(frame);
         };
-        let Some(frame) = hocus::split(frame)? else {
-            return Ok(FromServer::Ping);
+        let (address, message) = match hocuspocus::decode(frame).context("undecodable Hocuspocus frame")? {
+            HFrame::Ping => return Ok(FromServer::Ping),
+            HFrame::Pong => return Ok(FromServer::Other),
+            HFrame::Doc { address, message } => (address, message),
         };
-        ensure!(frame.doc == &**doc, "a frame for document {:?} on the socket of {doc:?}", frame.doc);
-        match frame.kind {
-            // SyncReply is a Sync message the server sends after its own SyncStep1.
-            hocus::SYNC | hocus::SYNC_REPLY => {
-                from_sync(SyncMessage::decode_v1(frame.body).context("undecodable sync message")?)
-            }
-            hocus::AUTH => match hocus::read_auth(frame.body)? {
-                hocus::AuthReply::Denied { reason } => bail!("permission denied for {doc:?}: {reason}"),
-                _ => Ok(FromServer::Other),
-            },
-            // Awareness, SyncStatus (the server's ack of an applied update), Pong, …
+        ensure!(address.raw == ours.raw, "a frame for {:?} on the socket of {:?}", address.raw, ours.raw);
+        match message {
+            // Sync (SyncReply retagged as Sync by the codec) and Awareness.
+            HMessage::Yjs(msg) => decode_from_server(&msg),
+            HMessage::OtherAuth(hocuspocus::auth::PERMISSION_DENIED) => bail!("permission denied for {:?}", ours.raw),
+            // Authenticated, SyncStatus (the server's ack of an applied update), …
             _ => Ok(FromServer::Other),
         }
     }
 
     fn pong(&self) -> Bytes {
-        Bytes::from_static(&[hocus::PONG as u8])
-    }
-}
-
-/// The Hocuspocus provider protocol as these clients use it: the message types of
-/// `@hocuspocus/server` (`MessageType`) and the auth sub-types of `@hocuspocus/common`, all
-/// lib0 varints and varStrings (which yrs's encoding module writes and reads).
-mod hocus {
-    use anyhow::{Context, Result};
-    use bytes::Bytes;
-    use yrs::encoding::read::{Cursor, Read};
-    use yrs::encoding::write::Write;
-    use yrs::sync::protocol::{MSG_AWARENESS, MSG_SYNC};
-
-    pub const SYNC: u32 = 0;
-    pub const AWARENESS: u32 = 1;
-    pub const AUTH: u32 = 2;
-    pub const SYNC_REPLY: u32 = 4;
-    /// Ping and Pong are connection-level: one byte, no document name.
-    pub const PING: u32 = 9;
-    pub const PONG: u32 = 10;
-    pub const AUTH_TOKEN: u32 = 0;
-    pub const AUTH_PERMISSION_DENIED: u32 = 1;
-    pub const AUTH_AUTHENTICATED: u32 = 2;
-    // `frame` puts y-protocols messages behind the name as they are: the numbers must agree.
-    const _: () = assert!(SYNC == MSG_SYNC as u32 && AWARENESS == MSG_AWARENESS as u32);
-    /// Sent after the token where a v4 provider sends its version.
-    pub const PROVIDER_VERSION: &str = concat!("yserve-loadgen/", env!("CARGO_PKG_VERSION"));
-
-    fn with_name(doc: &str, extra: usize) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(doc.len() + 5 + extra);
-        buf.write_string(doc);
-        buf
-    }
-
-    /// `msg` (varUint type · body) behind the document name.
-    pub fn frame(doc: &str, msg: &[u8]) -> Bytes {
-        let mut buf = with_name(doc, msg.len());
-        buf.extend_from_slice(msg);
-        buf.into()
-    }
-
-    /// Auth · Token · token · provider version.
-    pub fn auth(doc: &str, token: &str) -> Bytes {
-        let mut buf = with_name(doc, token.len() + PROVIDER_VERSION.len() + 8);
-        buf.write_var(AUTH);
-        buf.write_var(AUTH_TOKEN);
-        buf.write_string(token);
-        buf.write_string(PROVIDER_VERSION);
-        buf.into()
-    }
-
-    /// A server frame taken apart: the body is what follows the type.
-    #[derive(Debug, PartialEq)]
-    pub struct Frame<'a> {
-        pub doc: &'a str,
-        pub kind: u32,
-        pub body: &'a [u8],
-    }
-
-    /// Splits a server frame; `None` is a Ping.
-    pub fn split(frame: &[u8]) -> Result<Option<Frame<'_>>> {
-        if frame == [PING as u8] {
-            return Ok(None);
-        }
-        // The name is sliced out by hand: yrs's `read_string` borrows the cursor, not the frame.
-        let mut cursor = Cursor::new(frame);
-        let len: usize = cursor.read_var().context("no document name in a Hocuspocus frame")?;
-        let name = frame.get(cursor.next..).and_then(|rest| rest.get(..len)).context("truncated document name")?;
-        let doc = std::str::from_utf8(name).context("document name is not UTF-8")?;
-        cursor.next += len;
-        let kind = cursor.read_var().context("no message type in a Hocuspocus frame")?;
-        Ok(Some(Frame { doc, kind, body: &frame[cursor.next..] }))
-    }
-
-    #[derive(Debug, PartialEq)]
-    pub enum AuthReply {
-        Authenticated {
-            scope: String,
-        },
-        Denied {
-            reason: String,
-        },
-        /// A sub-type a client does not expect from a server (Token: a token sync request).
-        Other(u32),
-    }
-
-    pub fn read_auth(body: &[u8]) -> Result<AuthReply> {
-        let mut cursor = Cursor::new(body);
-        let sub: u32 = cursor.read_var().context("no auth sub-type")?;
-        let mut text = || cursor.read_string().map(str::to_string).context("truncated auth message");
-        Ok(match sub {
-            AUTH_AUTHENTICATED => AuthReply::Authenticated { scope: text()? },
-            AUTH_PERMISSION_DENIED => AuthReply::Denied { reason: text()? },
-            other => AuthReply::Other(other),
-        })
+        Bytes::from_static(&[hocuspocus::kind::PONG as u8])
     }
 }
 
@@ -909,7 +826,7 @@ async fn hold(client: Client, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
             msg = ws.next() => match msg {
                 // Only a Hocuspocus Ping needs an answer from an idle client.
-                Some(Ok(Message::Binary(frame))) if frame[..] == [hocus::PING as u8] => {
+                Some(Ok(Message::Binary(frame))) if frame[..] == hocuspocus::PING => {
                     if ws.send(binary(wire.pong())).await.is_err() {
                         return;
                     }
@@ -1559,16 +1476,9 @@ mod tests {
     use super::*;
     use yrs::updates::encoder::Encode;
 
-    fn wire(doc: &str) -> Wire {
-        Wire::Hocuspocus { doc: doc.into() }
-    }
-
-    /// A server frame: the name, the type, then the body as given.
-    fn server_frame(doc: &str, kind: u32, body: &[u8]) -> Vec<u8> {
-        let mut msg = Vec::new();
-        yrs::encoding::write::Write::write_var(&mut msg, kind);
-        msg.extend_from_slice(body);
-        hocus::frame(doc, &msg).to_vec()
+    fn wire(doc: &str) -> (Wire, Address) {
+        let address = Address::parse(doc).unwrap();
+        (Wire::Hocuspocus { address: address.clone() }, address)
     }
 
     fn one_insert() -> Vec<u8> {
@@ -1580,70 +1490,64 @@ mod tests {
     }
 
     #[test]
-    fn auth_is_name_type_token_and_version() {
-        let frame = hocus::auth("room-1", "");
+    fn hello_is_a_v4_auth_token_with_an_empty_token() {
+        let (w, _) = wire("room-1");
+        let hello = w.hello().unwrap();
         let mut expected = vec![6];
         expected.extend_from_slice(b"room-1");
-        expected.extend_from_slice(&[2, 0, 0, hocus::PROVIDER_VERSION.len() as u8]);
-        expected.extend_from_slice(hocus::PROVIDER_VERSION.as_bytes());
-        assert_eq!(&frame[..], &expected[..]);
+        expected.extend_from_slice(&[2, 0, 0, HOCUSPOCUS_PROVIDER_VERSION.len() as u8]);
+        expected.extend_from_slice(HOCUSPOCUS_PROVIDER_VERSION.as_bytes());
+        assert_eq!(&hello[..], &expected[..]);
+        let HFrame::Doc { address, message } = hocuspocus::decode(&hello).unwrap() else { panic!("not a doc frame") };
+        assert_eq!(address.raw, "room-1");
+        assert_eq!(message, HMessage::Token { token: "", version: Some(HOCUSPOCUS_PROVIDER_VERSION) });
+        assert!(Wire::Yjs.hello().is_none());
     }
 
     #[test]
-    fn an_update_is_the_y_protocols_message_behind_the_name() {
+    fn an_update_is_the_y_protocols_message_behind_the_address() {
         let update = one_insert();
         let y = protocol::encode_update(update.clone());
-        let framed = wire("ré").frame(y.clone());
+        let (w, _) = wire("ré");
+        let framed = w.frame(y.clone());
         // varString: the length in UTF-8 bytes (3), then the bytes.
         assert_eq!(&framed[..4], &[3, b'r', 0xc3, 0xa9]);
         assert_eq!(&framed[4..], &y[..]);
-        let split = hocus::split(&framed).unwrap().unwrap();
-        assert_eq!((split.doc, split.kind), ("ré", hocus::SYNC));
-        assert_eq!(SyncMessage::decode_v1(split.body).unwrap(), SyncMessage::Update(update));
+        // What the server relays back is the same frame; the client reads the update out.
+        let FromServer::Update(u) = w.decode(&framed).unwrap() else { panic!("not an update") };
+        let ids: Vec<(ClientID, u32)> = u.state_vector_lower().iter().map(|(c, k)| (*c, *k)).collect();
+        assert_eq!(ids, vec![(Doc::with_client_id(42).client_id(), 0)]);
         // The yjs wire sends the message as it is.
         assert_eq!(Wire::Yjs.frame(y.clone()), y);
     }
 
     #[test]
-    fn sync_and_sync_reply_decode_as_y_protocols() {
-        let update = one_insert();
-        let w = wire("d");
-        let step2 = SyncMessage::SyncStep2(update.clone()).encode_v1();
-        assert!(matches!(w.decode(&server_frame("d", hocus::SYNC, &step2)).unwrap(), FromServer::SyncStep2(_)));
-        let step1 = SyncMessage::SyncStep1(StateVector::default()).encode_v1();
-        assert!(matches!(w.decode(&server_frame("d", hocus::SYNC_REPLY, &step1)).unwrap(), FromServer::SyncStep1(_)));
-        let relayed = SyncMessage::Update(update).encode_v1();
-        let FromServer::Update(u) = w.decode(&server_frame("d", hocus::SYNC, &relayed)).unwrap() else {
-            panic!("not an update");
-        };
-        let ids: Vec<(ClientID, u32)> = u.state_vector_lower().iter().map(|(c, k)| (*c, *k)).collect();
-        assert_eq!(ids, vec![(Doc::with_client_id(42).client_id(), 0)]);
+    fn the_servers_handshake_frames_decode() {
+        let (w, address) = wire("d");
+        // Hocuspocus answers SyncStep1 with its own SyncStep1 as SyncReply (4), then SyncStep2.
+        let mut reply = vec![hocuspocus::kind::SYNC_REPLY as u8];
+        reply.extend_from_slice(&SyncMessage::SyncStep1(StateVector::default()).encode_v1());
+        let reply = hocuspocus::frame(&address, &reply);
+        assert!(matches!(w.decode(&reply).unwrap(), FromServer::SyncStep1(_)));
+        let step2 = protocol::encode_sync_step2(one_insert());
+        assert!(matches!(w.decode(&w.frame(step2)).unwrap(), FromServer::SyncStep2(_)));
+        let authenticated = hocuspocus::encode_authenticated(&address, false);
+        assert!(matches!(w.decode(&authenticated).unwrap(), FromServer::Other));
+        let saved = hocuspocus::frame(&address, &hocuspocus::SYNC_STATUS_SAVED);
+        assert!(matches!(w.decode(&saved).unwrap(), FromServer::Other));
+        assert!(matches!(w.decode(&hocuspocus::PING).unwrap(), FromServer::Ping));
+        assert_eq!(&w.pong()[..], &[hocuspocus::kind::PONG as u8]);
     }
 
     #[test]
-    fn auth_replies_ping_and_other_types() {
-        let w = wire("d");
-        let mut ok = vec![hocus::AUTH_AUTHENTICATED as u8, 10];
-        ok.extend_from_slice(b"read-write");
-        assert_eq!(hocus::read_auth(&ok).unwrap(), hocus::AuthReply::Authenticated { scope: "read-write".into() });
-        assert!(matches!(w.decode(&server_frame("d", hocus::AUTH, &ok)).unwrap(), FromServer::Other));
-        let denied = [hocus::AUTH_PERMISSION_DENIED as u8, 4, b'n', b'o', b'p', b'e'];
-        let err = w.decode(&server_frame("d", hocus::AUTH, &denied)).unwrap_err();
-        assert!(format!("{err:#}").contains("permission denied") && format!("{err:#}").contains("nope"), "{err:#}");
-        // SyncStatus 1 (saved) and awareness are of no use to these clients.
-        assert!(matches!(w.decode(&server_frame("d", 8, &[1])).unwrap(), FromServer::Other));
-        assert!(matches!(w.decode(&server_frame("d", hocus::AWARENESS, &[1, 0])).unwrap(), FromServer::Other));
-        assert!(matches!(w.decode(&[hocus::PING as u8]).unwrap(), FromServer::Ping));
-        assert_eq!(&w.pong()[..], &[hocus::PONG as u8]);
-    }
-
-    #[test]
-    fn frames_of_another_document_or_cut_short_are_errors() {
-        let w = wire("d");
-        let step1 = SyncMessage::SyncStep1(StateVector::default()).encode_v1();
-        assert!(w.decode(&server_frame("e", hocus::SYNC, &step1)).is_err());
-        assert!(hocus::split(&[5, b'a', b'b']).is_err());
-        assert!(hocus::split(&[1, b'd']).is_err());
-        assert!(hocus::split(&[2, 0xff, 0xfe, 0]).is_err());
+    fn a_refusal_or_a_frame_for_another_document_is_an_error() {
+        let (w, address) = wire("d");
+        let denied = hocuspocus::encode_permission_denied(&address, "nope");
+        let err = w.decode(&denied).unwrap_err();
+        assert!(format!("{err:#}").contains("permission denied"), "{err:#}");
+        let (other, _) = wire("e");
+        let step1 = protocol::encode_sync_step1(&StateVector::default());
+        assert!(w.decode(&other.frame(step1)).is_err());
+        assert!(w.decode(&[5, b'a', b'b']).is_err());
     }
 }
