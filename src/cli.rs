@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use serde_json::Value;
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, Observable, OffsetKind, Options, ReadTxn, StateVector, Transact, TransactionMut, Update};
@@ -31,6 +31,7 @@ use crate::docname::{DocName, DocNameError};
 use crate::ot::delta::Delta;
 use crate::ot::ytext;
 use crate::render;
+use crate::store::db::Db;
 use crate::store::offline::{self, OtOp, StateAt};
 use crate::store::{open_connection, Durability, StoreError};
 use crate::validate::{Limits, Summary};
@@ -107,8 +108,8 @@ impl From<rusqlite::Error> for CliError {
 
 /// `yserve docs`: every document with its log, snapshots and last change.
 pub fn docs(args: &DocsArgs) -> Result<(), CliError> {
-    let conn = open_existing(&args.db.db)?;
-    let docs = offline::documents(&conn)?;
+    let mut conn = open_existing(&args.db.db)?;
+    let docs = offline::documents(&mut conn)?;
     let mut out = stdout();
     if args.json {
         for d in &docs {
@@ -137,9 +138,9 @@ pub fn docs(args: &DocsArgs) -> Result<(), CliError> {
 
 /// `yserve log <doc>`: the update log, without the data.
 pub fn log(args: &LogArgs) -> Result<(), CliError> {
-    let conn = open_existing(&args.db.db)?;
-    let entries =
-        offline::log(&conn, &args.doc, args.from, args.limit)?.ok_or_else(|| CliError::NoDocument(args.doc.clone()))?;
+    let mut conn = open_existing(&args.db.db)?;
+    let entries = offline::log(&mut conn, &args.doc, args.from, args.limit)?
+        .ok_or_else(|| CliError::NoDocument(args.doc.clone()))?;
     let mut out = stdout();
     if args.json {
         for e in &entries {
@@ -162,8 +163,8 @@ pub fn export(args: &ExportArgs) -> Result<(), CliError> {
         return Err(CliError::BinaryToTerminal);
     }
     let started = Instant::now();
-    let conn = open_existing(&args.db.db)?;
-    let state = resolve_state(&conn, &args.doc, args.at)?;
+    let mut conn = open_existing(&args.db.db)?;
+    let state = resolve_state(&mut conn, &args.doc, args.at)?;
     drop(conn);
     let doc = build_doc(&args.doc, &state, "export")?;
     let bytes = match args.format {
@@ -229,10 +230,10 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
     }
     let _lock = DbLock::acquire(&args.db.db)?;
     let mut conn = open_connection(&args.db.db, Durability::Full, BUSY_TIMEOUT)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let state = match offline::state_at(&tx, name.as_str(), None)? {
+    conn.begin_write()?;
+    let state = match offline::state_at(&mut conn, name.as_str(), None)? {
         Some(state) => state,
-        None if offline::history(&tx, name.as_str())?.is_none() => StateAt::default(),
+        None if offline::history(&mut conn, name.as_str())?.is_none() => StateAt::default(),
         None => {
             return Err(CliError::Corrupt {
                 name: args.doc.clone(),
@@ -242,7 +243,7 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
         }
     };
     let doc = build_doc(name.as_str(), &state, "import: loading")?;
-    let ot_texts = offline::ot_texts(&tx, name.as_str())?;
+    let ot_texts = offline::ot_texts(&mut conn, name.as_str())?;
     let ot_events = observe_texts(&doc, &ot_texts);
 
     let sv = doc.transact().state_vector();
@@ -283,8 +284,8 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
     let seq = state.last_seq + 1;
     let ops = ot_ops(&ot_texts, &ot_events);
     let now = now();
-    offline::append_update(&tx, name.as_str(), seq, &delta, CLI_ORIGIN, &ops, &now)?;
-    tx.commit()?;
+    offline::append_update(&mut conn, name.as_str(), seq, &delta, CLI_ORIGIN, &ops, &now)?;
+    conn.commit()?;
     eprintln!(
         "imported {file} into {:?} as update {seq}: {} new of {} bytes{}",
         args.doc,
@@ -303,14 +304,14 @@ pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
     let mut conn = open_connection(&args.db.db, Durability::Full, BUSY_TIMEOUT)?;
     let names = match &args.doc {
         Some(name) => vec![name.clone()],
-        None => offline::documents(&conn)?.into_iter().map(|d| d.name).collect(),
+        None => offline::documents(&mut conn)?.into_iter().map(|d| d.name).collect(),
     };
     let mut out = stdout();
     let mut pruned_any = false;
     for name in &names {
         // One transaction per document: a failure leaves the others compacted.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let state = resolve_state(&tx, name, None)?;
+        conn.begin_write()?;
+        let state = resolve_state(&mut conn, name, None)?;
         let line = if state.seq == 0 {
             format!("{name}: no updates, nothing to snapshot")
         } else if state.updates.is_empty() {
@@ -319,7 +320,7 @@ pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
             let started = Instant::now();
             let doc = build_doc(name, &state, "compact")?;
             let data = doc.transact().encode_state_as_update_v1(&StateVector::default());
-            offline::write_snapshot(&tx, name, state.seq, &data, &now())?;
+            offline::write_snapshot(&mut conn, name, state.seq, &data, &now())?;
             format!(
                 "{name}: wrote snapshot at seq {} ({}) from {} in {:.2} s",
                 state.seq,
@@ -330,7 +331,7 @@ pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
         };
         writeln!(out, "{line}").map_err(CliError::Output)?;
         if args.prune_history && state.seq > 0 {
-            let p = offline::prune_before(&tx, name, state.seq)?;
+            let p = offline::prune_before(&mut conn, name, state.seq)?;
             pruned_any |= p.updates + p.snapshots > 0;
             let line = if p.updates + p.snapshots == 0 {
                 format!("{name}: no history before seq {} to prune", state.seq)
@@ -346,7 +347,7 @@ pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
             };
             writeln!(out, "{line}").map_err(CliError::Output)?;
         }
-        tx.commit()?;
+        conn.commit()?;
         out.flush().map_err(CliError::Output)?;
     }
     if pruned_any {
@@ -378,7 +379,7 @@ fn open_existing(db: &Path) -> Result<Connection, CliError> {
 }
 
 /// The stored pieces of the state after `at`, or why there are none.
-fn resolve_state(conn: &Connection, name: &str, at: Option<u64>) -> Result<StateAt, CliError> {
+fn resolve_state(conn: &mut dyn Db, name: &str, at: Option<u64>) -> Result<StateAt, CliError> {
     if let Some(state) = offline::state_at(conn, name, at)? {
         return Ok(state);
     }

@@ -9,7 +9,12 @@
 //! commit and before the acknowledgement. If the commit
 //! fails, every command of the batch gets the error and nothing of it is visible.
 
+pub mod db;
+mod error;
 pub mod offline;
+
+use error::open_failure;
+pub use error::StoreError;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +22,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
+
+use db::{params, Db};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,44 +39,6 @@ const MIGRATIONS: &[&str] = &[
 /// Commands queued for the store thread; a bound keeps a flood of updates from growing
 /// memory without limit (senders wait, which back-pressures the document actors).
 const QUEUE_COMMANDS_MAX: usize = 16 * 1024;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(Arc<rusqlite::Error>),
-    #[error("store is closed")]
-    Closed,
-    #[error("could not create the database folder {path}: {message}")]
-    CreateDir { path: String, message: String },
-    #[error(
-        "the database schema is version {found}, newer than this binary knows ({known}): \
-         it was written by a newer yserve; run that version or restore a backup"
-    )]
-    SchemaTooNew { found: usize, known: usize },
-    #[error("the database {path} is read-only: the server must be able to write it")]
-    ReadOnly { path: String },
-    #[error("could not open the database {path}: {message}")]
-    Open { path: String, message: String },
-}
-
-/// Names the file in a failure to open it, and the operating system's reason where SQLite's
-/// is vague ("unable to open database file" for a read-only file system, say).
-fn open_failure(path: &Path, e: StoreError) -> StoreError {
-    let StoreError::Sqlite(sqlite) = &e else { return e };
-    let mut message = sqlite.to_string();
-    if path.exists() {
-        if let Err(io) = std::fs::OpenOptions::new().write(true).open(path) {
-            message = format!("{message} ({io})");
-        }
-    }
-    StoreError::Open { path: path.display().to_string(), message }
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(Arc::new(e))
-    }
-}
 
 /// A document as stored: the latest snapshot and the updates after it.
 #[derive(Debug, Default)]
@@ -229,7 +198,7 @@ impl Commits {
 
 /// A read run inside the store's transaction; it returns what to do once the batch's
 /// outcome is known (answer its caller, or report the batch's failure).
-type ReadJob = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(&Result<(), StoreError>) + Send> + Send>;
+type ReadJob = Box<dyn FnOnce(&mut dyn Db) -> Box<dyn FnOnce(&Result<(), StoreError>) + Send> + Send>;
 
 enum Command {
     Load {
@@ -306,7 +275,7 @@ impl Store {
         let batch_max = config.batch_max.max(1);
         thread::Builder::new()
             .name("yserve-store".into())
-            .spawn(move || Worker { conn, ids: HashMap::new() }.run(rx, batch_max))
+            .spawn(move || Worker { db: Box::new(conn), ids: HashMap::new() }.run(rx, batch_max))
             .expect("spawn store thread");
         Ok(Store { tx })
     }
@@ -357,7 +326,7 @@ impl Store {
     /// module's functions (`offline::documents`, `offline::log`, …): SQL stays here.
     pub async fn read<T: Send + 'static>(
         &self,
-        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        query: impl FnOnce(&mut dyn Db) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: ReadJob = Box::new(move |conn| {
@@ -438,7 +407,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 struct Worker {
-    conn: Connection,
+    db: Box<dyn Db + Send>,
     /// Document name → row id, filled lazily (a document gets a row with its first update).
     ids: HashMap<Arc<str>, i64>,
 }
@@ -527,8 +496,8 @@ impl Worker {
         // Cached statements for the transaction itself: at one update per commit (light
         // load), re-parsing BEGIN/COMMIT showed in profiles. One timestamp per batch.
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let conn = &self.conn;
-        if let Err(e) = conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
+        let db = &mut *self.db;
+        if let Err(e) = db.begin_write() {
             // Still collect the replies so every caller hears about the failure.
             for cmd in batch {
                 pending.push(match cmd {
@@ -536,22 +505,22 @@ impl Worker {
                     Command::Append(a) => Pending::Append(a.reply, None, a.name),
                     Command::Snapshot { .. } => continue,
                     Command::Close { reply } => Pending::Close(reply),
-                    Command::Read(job) => Pending::Read(job(conn)),
+                    Command::Read(job) => Pending::Read(job(db)),
                     Command::Delete { reply, .. } => Pending::Delete(reply, Err(StoreError::Closed)),
                 });
             }
-            return Err(e.into());
+            return Err(e);
         }
         let mut first_error = None;
         for cmd in batch {
             match cmd {
                 Command::Load { name, reply } => {
-                    let r = load(conn, &name);
+                    let r = load(db, &name);
                     pending.push(Pending::Load(reply, r));
                 }
                 Command::Append(a) => {
                     if first_error.is_none() {
-                        if let Err(e) = append(conn, &mut self.ids, &a, &now) {
+                        if let Err(e) = append(db, &mut self.ids, &a, &now) {
                             first_error = Some(e);
                         }
                     }
@@ -560,15 +529,15 @@ impl Worker {
                 }
                 Command::Snapshot { name, seq, data } => {
                     if first_error.is_none() {
-                        if let Err(e) = snapshot(conn, &mut self.ids, &name, seq, &data, &now) {
+                        if let Err(e) = snapshot(db, &mut self.ids, &name, seq, &data, &now) {
                             first_error = Some(e);
                         }
                     }
                 }
                 Command::Close { reply } => pending.push(Pending::Close(reply)),
-                Command::Read(job) => pending.push(Pending::Read(job(conn))),
+                Command::Read(job) => pending.push(Pending::Read(job(db))),
                 Command::Delete { name, reply } => {
-                    let r = delete_document(conn, &name);
+                    let r = delete_document(db, &name);
                     self.ids.remove(&name);
                     if let Err(e) = &r {
                         first_error.get_or_insert_with(|| e.clone());
@@ -579,10 +548,10 @@ impl Worker {
         }
         let result = match first_error {
             Some(e) => Err(e),
-            None => conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map(|_| ()).map_err(StoreError::from),
+            None => db.commit(),
         };
-        if result.is_err() && !conn.is_autocommit() {
-            if let Err(e) = conn.execute_batch("ROLLBACK") {
+        if result.is_err() {
+            if let Err(e) = db.rollback() {
                 tracing::error!(error = %e, "rollback failed");
             }
         }
@@ -600,23 +569,26 @@ fn relay_committed(doc: &str, relay: Relay) {
     }
 }
 
-fn doc_id(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>, now: &str) -> Result<i64, StoreError> {
+fn doc_id(db: &mut dyn Db, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>, now: &str) -> Result<i64, StoreError> {
     if let Some(id) = ids.get(name) {
         return Ok(*id);
     }
-    tx.prepare_cached("INSERT INTO documents(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING")?
-        .execute(params![&**name, now])?;
-    let id: i64 =
-        tx.prepare_cached("SELECT id FROM documents WHERE name = ?1")?.query_row(params![&**name], |r| r.get(0))?;
+    db.execute(
+        "INSERT INTO documents(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+        &params![&**name, now],
+    )?;
+    let id = db.one("SELECT id FROM documents WHERE name = ?1", &params![&**name], |r| r.int(0))?;
     ids.insert(name.clone(), id);
     Ok(id)
 }
 
-fn append(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &str) -> Result<(), StoreError> {
-    let id = doc_id(tx, ids, &a.name, now)?;
+fn append(db: &mut dyn Db, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &str) -> Result<(), StoreError> {
+    let id = doc_id(db, ids, &a.name, now)?;
     if let Some((seq, data)) = &a.update {
-        tx.prepare_cached("INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![id, *seq as i64, data, &*a.origin, now])?;
+        db.execute(
+            "INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            &params![id, *seq as i64, data, &*a.origin, now],
+        )?;
     }
     let update_seq = a.update.as_ref().map(|(seq, _)| *seq as i64);
     for record in &a.ot {
@@ -626,133 +598,114 @@ fn append(tx: &Connection, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &s
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(*expires_at_ms),
                 )
                 .to_string();
-                tx.prepare_cached(
+                db.execute(
                     "INSERT INTO locks(doc_id, key, holder, expires_at_ms, expires_at, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(doc_id, key) DO UPDATE SET holder = ?3, expires_at_ms = ?4, expires_at = ?5",
-                )?
-                .execute(params![id, &**key, &**holder, *expires_at_ms as i64, expires_at, now])?;
+                    &params![id, &**key, &**holder, *expires_at_ms as i64, &expires_at, now],
+                )?;
             }
             Record::LockClear { key } => {
-                tx.prepare_cached("DELETE FROM locks WHERE doc_id = ?1 AND key = ?2")?.execute(params![id, &**key])?;
+                db.execute("DELETE FROM locks WHERE doc_id = ?1 AND key = ?2", &params![id, &**key])?;
             }
             Record::Text { text, epoch, version } => {
-                tx.prepare_cached(
+                db.execute(
                     "INSERT INTO ot_texts(doc_id, text, epoch, version, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5)
                      ON CONFLICT(doc_id, text) DO UPDATE SET epoch = ?3, version = ?4, updated_at = ?5",
-                )?
-                .execute(params![id, &**text, &**epoch, *version as i64, now])?;
+                    &params![id, &**text, &**epoch, *version as i64, now],
+                )?;
             }
             Record::Op { text, version, op, src, seq, user, keep_from } => {
-                tx.prepare_cached(
+                db.execute(
                     "INSERT INTO ot_ops(doc_id, text, version, op, src, seq, user_id, update_seq, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?
-                .execute(params![
-                    id,
-                    &**text,
-                    *version as i64,
-                    op,
-                    &**src,
-                    *seq as i64,
-                    &**user,
-                    update_seq,
-                    now
-                ])?;
-                tx.prepare_cached("UPDATE ot_texts SET version = ?3, updated_at = ?4 WHERE doc_id = ?1 AND text = ?2")?
-                    .execute(params![id, &**text, (*version + 1) as i64, now])?;
-                tx.prepare_cached("DELETE FROM ot_ops WHERE doc_id = ?1 AND text = ?2 AND version < ?3")?
-                    .execute(params![id, &**text, *keep_from as i64])?;
+                    &params![id, &**text, *version as i64, op, &**src, *seq as i64, &**user, update_seq, now],
+                )?;
+                db.execute(
+                    "UPDATE ot_texts SET version = ?3, updated_at = ?4 WHERE doc_id = ?1 AND text = ?2",
+                    &params![id, &**text, (*version + 1) as i64, now],
+                )?;
+                db.execute(
+                    "DELETE FROM ot_ops WHERE doc_id = ?1 AND text = ?2 AND version < ?3",
+                    &params![id, &**text, *keep_from as i64],
+                )?;
             }
         }
     }
     for client in &a.claims {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO client_owners(doc_id, client_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![id, *client as i64, &*a.origin, now])?;
+        db.execute(
+            "INSERT INTO client_owners(doc_id, client_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+            &params![id, *client as i64, &*a.origin, now],
+        )?;
     }
     Ok(())
 }
 
 fn snapshot(
-    tx: &Connection,
+    db: &mut dyn Db,
     ids: &mut HashMap<Arc<str>, i64>,
     name: &Arc<str>,
     seq: u64,
     data: &[u8],
     now: &str,
 ) -> Result<(), StoreError> {
-    let id = doc_id(tx, ids, name, now)?;
-    tx.prepare_cached("INSERT OR REPLACE INTO snapshots(doc_id, seq, data, created_at) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![id, seq as i64, data, now])?;
-    Ok(())
+    let id = doc_id(db, ids, name, now)?;
+    offline::put_snapshot(db, id, seq, data, now)
 }
 
-fn delete_document(tx: &Connection, name: &str) -> Result<bool, StoreError> {
-    let Some(id) = document_id(tx, name)? else {
+fn delete_document(db: &mut dyn Db, name: &str) -> Result<bool, StoreError> {
+    let Some(id) = offline::doc_id(db, name)? else {
         return Ok(false);
     };
     // Children first: the foreign keys cascade, but explicit deletes do not depend on
     // `foreign_keys` being on in whatever opened the file before.
-    for table in ["updates", "snapshots", "client_owners", "ot_ops", "ot_texts", "locks"] {
-        tx.prepare_cached(&format!("DELETE FROM {table} WHERE doc_id = ?1"))?.execute(params![id])?;
+    for sql in [
+        "DELETE FROM updates WHERE doc_id = ?1",
+        "DELETE FROM snapshots WHERE doc_id = ?1",
+        "DELETE FROM client_owners WHERE doc_id = ?1",
+        "DELETE FROM ot_ops WHERE doc_id = ?1",
+        "DELETE FROM ot_texts WHERE doc_id = ?1",
+        "DELETE FROM locks WHERE doc_id = ?1",
+        "DELETE FROM documents WHERE id = ?1",
+    ] {
+        db.execute(sql, &params![id])?;
     }
-    tx.prepare_cached("DELETE FROM documents WHERE id = ?1")?.execute(params![id])?;
     Ok(true)
 }
 
-fn document_id(tx: &Connection, name: &str) -> Result<Option<i64>, StoreError> {
-    Ok(tx
-        .prepare_cached("SELECT id FROM documents WHERE name = ?1")?
-        .query_row(params![name], |r| r.get(0))
-        .optional()?)
-}
-
-fn load(tx: &Connection, name: &str) -> Result<Loaded, StoreError> {
-    let id: Option<i64> = tx
-        .prepare_cached("SELECT id FROM documents WHERE name = ?1")?
-        .query_row(params![name], |r| r.get(0))
-        .optional()?;
-    let Some(id) = id else {
+fn load(db: &mut dyn Db, name: &str) -> Result<Loaded, StoreError> {
+    let Some(id) = offline::doc_id(db, name)? else {
         return Ok(Loaded::default());
     };
-    let snapshot: Option<(u64, Vec<u8>)> = tx
-        .prepare_cached("SELECT seq, data FROM snapshots WHERE doc_id = ?1 ORDER BY seq DESC LIMIT 1")?
-        .query_row(params![id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-        .optional()?;
+    let snapshot =
+        db.row("SELECT seq, data FROM snapshots WHERE doc_id = ?1 ORDER BY seq DESC LIMIT 1", &params![id], |r| {
+            Ok((r.uint(0)?, r.blob(1)?))
+        })?;
     let after = snapshot.as_ref().map_or(0, |(s, _)| *s);
-    let mut stmt = tx.prepare_cached("SELECT seq, data FROM updates WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq")?;
-    let tail = stmt
-        .query_map(params![id, after as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
-        .collect::<Result<Vec<(u64, Vec<u8>)>, _>>()?;
-    let last_seq: Option<i64> =
-        tx.prepare_cached("SELECT max(seq) FROM updates WHERE doc_id = ?1")?.query_row(params![id], |r| r.get(0))?;
-    let owners = tx
-        .prepare_cached("SELECT client_id, user_id FROM client_owners WHERE doc_id = ?1")?
-        .query_map(params![id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut ot_texts = tx
-        .prepare_cached("SELECT text, epoch, version FROM ot_texts WHERE doc_id = ?1")?
-        .query_map(params![id], |r| {
-            Ok(StoredText { text: r.get(0)?, epoch: r.get(1)?, version: r.get::<_, i64>(2)? as u64, ops: Vec::new() })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let tail = db.rows(
+        "SELECT seq, data FROM updates WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq",
+        &params![id, after as i64],
+        |r| Ok((r.uint(0)?, r.blob(1)?)),
+    )?;
+    let last_seq = db.one("SELECT max(seq) FROM updates WHERE doc_id = ?1", &params![id], |r| r.opt_int(0))?;
+    let owners = db.rows("SELECT client_id, user_id FROM client_owners WHERE doc_id = ?1", &params![id], |r| {
+        Ok((r.uint(0)?, r.text(1)?))
+    })?;
+    let mut ot_texts = db.rows("SELECT text, epoch, version FROM ot_texts WHERE doc_id = ?1", &params![id], |r| {
+        Ok(StoredText { text: r.text(0)?, epoch: r.text(1)?, version: r.uint(2)?, ops: Vec::new() })
+    })?;
     for t in &mut ot_texts {
-        t.ops = tx
-            .prepare_cached(
-                "SELECT version, src, seq, op FROM ot_ops WHERE doc_id = ?1 AND text = ?2 ORDER BY version",
-            )?
-            .query_map(params![id, &t.text], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        t.ops = db.rows(
+            "SELECT version, src, seq, op FROM ot_ops WHERE doc_id = ?1 AND text = ?2 ORDER BY version",
+            &params![id, &t.text],
+            |r| Ok((r.uint(0)?, r.text(1)?, r.uint(2)?, r.text(3)?)),
+        )?;
     }
-    let locks = tx
-        .prepare_cached("SELECT key, holder, expires_at_ms FROM locks WHERE doc_id = ?1")?
-        .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
-        .collect::<Result<Vec<_>, _>>()?;
+    let locks = db.rows("SELECT key, holder, expires_at_ms FROM locks WHERE doc_id = ?1", &params![id], |r| {
+        Ok((r.text(0)?, r.text(1)?, r.uint(2)?))
+    })?;
     Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64, owners, ot_texts, locks })
 }
 

@@ -1,0 +1,46 @@
+//! Everything the store can fail with, SQLite's and PostgreSQL's errors among them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+    #[error("store is closed")]
+    Closed,
+    #[error("no document {0:?}")]
+    NoDocument(String),
+    #[error("a query that always returns a row returned none")]
+    NoRow,
+    #[error("could not create the database folder {path}: {message}")]
+    CreateDir { path: String, message: String },
+    #[error(
+        "the database schema is version {found}, newer than this binary knows ({known}): \
+         it was written by a newer yserve; run that version or restore a backup"
+    )]
+    SchemaTooNew { found: usize, known: usize },
+    #[error("the database {path} is read-only: the server must be able to write it")]
+    ReadOnly { path: String },
+    #[error("could not open the database {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+/// Names the file in a failure to open it, and the operating system's reason where SQLite's
+/// is vague ("unable to open database file" for a read-only file system, say).
+pub(crate) fn open_failure(path: &Path, e: StoreError) -> StoreError {
+    let StoreError::Sqlite(sqlite) = &e else { return e };
+    let mut message = sqlite.to_string();
+    if path.exists() {
+        if let Err(io) = std::fs::OpenOptions::new().write(true).open(path) {
+            message = format!("{message} ({io})");
+        }
+    }
+    StoreError::Open { path: path.display().to_string(), message }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
