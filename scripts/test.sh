@@ -6,8 +6,8 @@
 #      in the binary must be what its sources build;
 #   4. the runnable examples, as smoke tests;
 #   5. the demo editor in a real headless Chromium (Debian's package).
-# Installs what it needs (npm packages; Node.js, sqlite3 and Chromium from Debian if absent). One
-# profile (release) is used for everything so the code compiles once.
+# Installs what it needs (npm packages; Node.js, sqlite3, PostgreSQL and Chromium from Debian if
+# absent). One profile (release) is used for everything so the code compiles once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +21,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
-echo "==> cargo test (release: unit tests, integration tests against the built binary)"
+# A throw-away PostgreSQL server (Debian's package, installed when missing) for the store's
+# second engine; stopped however the script ends.
+pgdir=$(mktemp -d /tmp/yserve-pg.XXXXXX)
+trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
+pg_env=$(scripts/pg.sh start "$pgdir")
+eval "$pg_env"
+
+echo "==> cargo test (release: unit tests, integration tests against the built binary; store tests on SQLite and PostgreSQL)"
 cargo test --release --all-targets
+
+echo "==> integration tests again, every server on PostgreSQL (YSERVE_TEST_STORE=postgres)"
+YSERVE_TEST_STORE=postgres cargo test --release --test it
 
 echo "==> npm interop tests (real yjs + y-websocket against target/release/yserve)"
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use rusqlite::Connection;
 use serde_json::Value;
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, Observable, OffsetKind, Options, ReadTxn, StateVector, Transact, TransactionMut, Update};
@@ -33,7 +32,7 @@ use crate::ot::ytext;
 use crate::render;
 use crate::store::db::Db;
 use crate::store::offline::{self, OtOp, StateAt};
-use crate::store::{open_connection, Durability, StoreError};
+use crate::store::{self, Location, StoreError};
 use crate::validate::{Limits, Summary};
 
 /// The `origin` of updates written by `yserve import`.
@@ -108,8 +107,8 @@ impl From<rusqlite::Error> for CliError {
 
 /// `yserve docs`: every document with its log, snapshots and last change.
 pub fn docs(args: &DocsArgs) -> Result<(), CliError> {
-    let mut conn = open_existing(&args.db.db)?;
-    let docs = offline::documents(&mut conn)?;
+    let (mut conn, _) = open_db(&args.db.db, Access::Read)?;
+    let docs = offline::documents(&mut *conn)?;
     let mut out = stdout();
     if args.json {
         for d in &docs {
@@ -138,8 +137,8 @@ pub fn docs(args: &DocsArgs) -> Result<(), CliError> {
 
 /// `yserve log <doc>`: the update log, without the data.
 pub fn log(args: &LogArgs) -> Result<(), CliError> {
-    let mut conn = open_existing(&args.db.db)?;
-    let entries = offline::log(&mut conn, &args.doc, args.from, args.limit)?
+    let (mut conn, _) = open_db(&args.db.db, Access::Read)?;
+    let entries = offline::log(&mut *conn, &args.doc, args.from, args.limit)?
         .ok_or_else(|| CliError::NoDocument(args.doc.clone()))?;
     let mut out = stdout();
     if args.json {
@@ -163,8 +162,8 @@ pub fn export(args: &ExportArgs) -> Result<(), CliError> {
         return Err(CliError::BinaryToTerminal);
     }
     let started = Instant::now();
-    let mut conn = open_existing(&args.db.db)?;
-    let state = resolve_state(&mut conn, &args.doc, args.at)?;
+    let (mut conn, _) = open_db(&args.db.db, Access::Read)?;
+    let state = resolve_state(&mut *conn, &args.doc, args.at)?;
     drop(conn);
     let doc = build_doc(&args.doc, &state, "export")?;
     let bytes = match args.format {
@@ -224,16 +223,12 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
     let checked = crate::protocol::check_update(&bytes, &Limits::default())
         .map_err(|e| refuse(format!("the validator refused it ({e})")))?;
 
-    // Like the server, the CLI creates the database (and its folder) on first use.
-    if let Some(dir) = args.db.db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| CliError::File { path: dir.display().to_string(), source })?;
-    }
-    let _lock = DbLock::acquire(&args.db.db)?;
-    let mut conn = open_connection(&args.db.db, Durability::Full, BUSY_TIMEOUT)?;
+    let (mut conn, _lock) = open_db(&args.db.db, Access::Create)?;
+    let conn = &mut *conn;
     conn.begin_write()?;
-    let state = match offline::state_at(&mut conn, name.as_str(), None)? {
+    let state = match offline::state_at(conn, name.as_str(), None)? {
         Some(state) => state,
-        None if offline::history(&mut conn, name.as_str())?.is_none() => StateAt::default(),
+        None if offline::history(conn, name.as_str())?.is_none() => StateAt::default(),
         None => {
             return Err(CliError::Corrupt {
                 name: args.doc.clone(),
@@ -243,7 +238,7 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
         }
     };
     let doc = build_doc(name.as_str(), &state, "import: loading")?;
-    let ot_texts = offline::ot_texts(&mut conn, name.as_str())?;
+    let ot_texts = offline::ot_texts(conn, name.as_str())?;
     let ot_events = observe_texts(&doc, &ot_texts);
 
     let sv = doc.transact().state_vector();
@@ -284,7 +279,7 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
     let seq = state.last_seq + 1;
     let ops = ot_ops(&ot_texts, &ot_events);
     let now = now();
-    offline::append_update(&mut conn, name.as_str(), seq, &delta, CLI_ORIGIN, &ops, &now)?;
+    offline::append_update(conn, name.as_str(), seq, &delta, CLI_ORIGIN, &ops, &now)?;
     conn.commit()?;
     eprintln!(
         "imported {file} into {:?} as update {seq}: {} new of {} bytes{}",
@@ -299,19 +294,18 @@ pub fn import(args: &ImportArgs) -> Result<(), CliError> {
 /// `yserve compact [<doc>]`: a snapshot at the latest seq where the tail since the last one
 /// is not empty; with `--prune-history`, then deletes the updates and snapshots before it.
 pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
-    check_exists(&args.db.db)?;
-    let _lock = DbLock::acquire(&args.db.db)?;
-    let mut conn = open_connection(&args.db.db, Durability::Full, BUSY_TIMEOUT)?;
+    let (mut conn, _lock) = open_db(&args.db.db, Access::Write)?;
+    let conn = &mut *conn;
     let names = match &args.doc {
         Some(name) => vec![name.clone()],
-        None => offline::documents(&mut conn)?.into_iter().map(|d| d.name).collect(),
+        None => offline::documents(conn)?.into_iter().map(|d| d.name).collect(),
     };
     let mut out = stdout();
     let mut pruned_any = false;
     for name in &names {
         // One transaction per document: a failure leaves the others compacted.
         conn.begin_write()?;
-        let state = resolve_state(&mut conn, name, None)?;
+        let state = resolve_state(conn, name, None)?;
         let line = if state.seq == 0 {
             format!("{name}: no updates, nothing to snapshot")
         } else if state.updates.is_empty() {
@@ -320,7 +314,7 @@ pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
             let started = Instant::now();
             let doc = build_doc(name, &state, "compact")?;
             let data = doc.transact().encode_state_as_update_v1(&StateVector::default());
-            offline::write_snapshot(&mut conn, name, state.seq, &data, &now())?;
+            offline::write_snapshot(conn, name, state.seq, &data, &now())?;
             format!(
                 "{name}: wrote snapshot at seq {} ({}) from {} in {:.2} s",
                 state.seq,
@@ -331,7 +325,7 @@ pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
         };
         writeln!(out, "{line}").map_err(CliError::Output)?;
         if args.prune_history && state.seq > 0 {
-            let p = offline::prune_before(&mut conn, name, state.seq)?;
+            let p = offline::prune_before(conn, name, state.seq)?;
             pruned_any |= p.updates + p.snapshots > 0;
             let line = if p.updates + p.snapshots == 0 {
                 format!("{name}: no history before seq {} to prune", state.seq)
@@ -350,7 +344,7 @@ pub fn compact(args: &CompactArgs) -> Result<(), CliError> {
         conn.commit()?;
         out.flush().map_err(CliError::Output)?;
     }
-    if pruned_any {
+    if pruned_any && matches!(store::location(&args.db.db), Location::Sqlite(_)) {
         eprintln!("note: SQLite reuses the freed pages; the file itself shrinks only after `VACUUM`");
     }
     Ok(())
@@ -372,10 +366,45 @@ fn check_exists(db: &Path) -> Result<(), CliError> {
     }
 }
 
-/// Opens an existing database (never creates one for a read command).
-fn open_existing(db: &Path) -> Result<Connection, CliError> {
-    check_exists(db)?;
-    Ok(open_connection(db, Durability::Full, BUSY_TIMEOUT)?)
+/// What a command does with its database.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads; a SQLite file must exist (a read command never creates one).
+    Read,
+    /// Writes an existing database.
+    Write,
+    /// Writes, creating the database (and its folder) on first use, as the server does.
+    Create,
+}
+
+/// Opens `--db`, a SQLite file or a PostgreSQL URL, with the SQLite database lock (`dblock`)
+/// for a write. PostgreSQL takes no lock: a server sharing it sees an imported seq as taken
+/// and reloads the document (the store's conflict rule). A read runs in one transaction,
+/// so that it sees one state of the log.
+fn open_db(db: &Path, access: Access) -> Result<(Box<dyn Db>, Option<DbLock>), CliError> {
+    let lock = match store::location(db) {
+        Location::Postgres(_) => None,
+        Location::Sqlite(path) => {
+            match access {
+                Access::Create => {
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|source| CliError::File { path: dir.display().to_string(), source })?;
+                    }
+                }
+                Access::Read | Access::Write => check_exists(path)?,
+            }
+            match access {
+                Access::Read => None,
+                Access::Write | Access::Create => Some(DbLock::acquire(path)?),
+            }
+        }
+    };
+    let mut conn = store::connect(db, BUSY_TIMEOUT)?;
+    if access == Access::Read {
+        conn.begin_read()?;
+    }
+    Ok((conn, lock))
 }
 
 /// The stored pieces of the state after `at`, or why there are none.

@@ -43,7 +43,7 @@ pub enum Command {
 /// The database file of the operator commands (the server's `--db`).
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// SQLite database file.
+    /// SQLite database file, or a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`).
     #[arg(long, env = "YSERVE_DB", default_value = "./data/yserve.db")]
     pub db: PathBuf,
 }
@@ -162,7 +162,8 @@ pub struct Config {
     #[arg(long, env = "YSERVE_ADDR", default_value = "127.0.0.1:1234")]
     pub addr: SocketAddr,
 
-    /// SQLite database file; created with its folder.
+    /// SQLite database file, created with its folder; or a PostgreSQL URL
+    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DB`), whose tables are created on first start.
     #[arg(long, env = "YSERVE_DB", default_value = "./data/yserve.db")]
     pub db: PathBuf,
 

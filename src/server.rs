@@ -48,7 +48,11 @@ pub async fn run_on(
     let store = Store::open(&crate::app::store_settings(&config))?;
     // The database lock (`dblock`), held until `run` returns: the CLI's write commands refuse
     // to run while it is held, and a second server on the same database refuses to start.
-    let _db_lock = crate::dblock::DbLock::acquire(&config.db)?;
+    // PostgreSQL is shared by design: its servers keep seq unique by the conflict rule.
+    let _db_lock = match crate::store::location(&config.db) {
+        crate::store::Location::Sqlite(path) => Some(crate::dblock::DbLock::acquire(path)?),
+        crate::store::Location::Postgres(_) => None,
+    };
     let settings = DocSettings {
         bind_client_ids: !auth.is_anonymous(),
         snapshot_updates: config.snapshot_updates.max(1),
@@ -58,7 +62,7 @@ pub async fn run_on(
         ot: OtSettings { log_ops_max: config.ot_log_ops_max.max(1), op_limits: crate::app::ot_op_limits(&config) },
     };
     let registry = Registry::new(store.clone(), settings);
-    tracing::info!(db = %config.db.display(), sync = ?config.sync, "database open");
+    tracing::info!(db = %crate::store::describe(&config.db), sync = ?config.sync, "database open");
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     let state = AppState::new(config, auth, registry.clone(), store.clone());
     let sessions = state.sessions.clone();

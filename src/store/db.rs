@@ -91,6 +91,8 @@ pub trait Db {
     ) -> Result<(), StoreError>;
     /// Starts a write transaction (SQLite takes the write lock at once).
     fn begin_write(&mut self) -> Result<(), StoreError>;
+    /// Starts a read-only transaction: one consistent view of the database.
+    fn begin_read(&mut self) -> Result<(), StoreError>;
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Rolls back the open transaction, if any.
     fn rollback(&mut self) -> Result<(), StoreError>;
@@ -193,6 +195,11 @@ impl Db for Connection {
 
     fn begin_write(&mut self) -> Result<(), StoreError> {
         Db::execute(self, "BEGIN IMMEDIATE", &[])?;
+        Ok(())
+    }
+
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        Db::execute(self, "BEGIN DEFERRED", &[])?;
         Ok(())
     }
 

@@ -7,8 +7,12 @@ use std::sync::Arc;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(Arc<rusqlite::Error>),
+    #[error("postgres: {}", postgres_message(.0))]
+    Postgres(Arc<tokio_postgres::Error>),
     #[error("store is closed")]
     Closed,
+    #[error("update {seq} of {doc:?} is already in the log, written by another server: the document must reload")]
+    SeqConflict { doc: String, seq: u64 },
     #[error("no document {0:?}")]
     NoDocument(String),
     #[error("a query that always returns a row returned none")]
@@ -42,5 +46,14 @@ pub(crate) fn open_failure(path: &Path, e: StoreError) -> StoreError {
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(Arc::new(e))
+    }
+}
+
+/// PostgreSQL's own message and SQLSTATE where the server sent one (the client's `Display`
+/// says only "db error").
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }

@@ -12,11 +12,12 @@
 pub mod db;
 mod error;
 pub mod offline;
+pub mod postgres;
 
 use error::open_failure;
 pub use error::StoreError;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
@@ -263,20 +264,41 @@ pub struct StoreSettings {
 
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the thread.
+    /// `config.db` is a SQLite file, or a PostgreSQL URL (`postgres://…`).
     pub fn open(config: &StoreSettings) -> Result<Store, StoreError> {
-        let conn = open_connection(&config.db, config.durability, config.busy_timeout)
-            .map_err(|e| open_failure(&config.db, e))?;
-        // SQLite quietly opens a file it may not write read-only; every commit would then
-        // fail. A server that cannot store an edit must not start.
-        if conn.is_readonly(rusqlite::MAIN_DB)? {
-            return Err(StoreError::ReadOnly { path: config.db.display().to_string() });
-        }
         let (tx, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let batch_max = config.batch_max.max(1);
-        thread::Builder::new()
-            .name("yserve-store".into())
-            .spawn(move || Worker { db: Box::new(conn), ids: HashMap::new() }.run(rx, batch_max))
-            .expect("spawn store thread");
+        let spawn = |open: Box<dyn FnOnce() -> Result<Box<dyn Db + Send>, StoreError> + Send>| {
+            // The engine is opened on the thread that will use it (PostgreSQL's connection
+            // must be made, used and dropped off the server's runtime); its failure comes back.
+            let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
+            thread::Builder::new()
+                .name("yserve-store".into())
+                .spawn(move || match open() {
+                    Ok(db) => {
+                        let _ = opened_tx.send(Ok(()));
+                        Worker { db, ids: HashMap::new(), conflicted: HashSet::new() }.run(rx, batch_max)
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                    }
+                })
+                .expect("spawn store thread");
+            opened.recv().unwrap_or(Err(StoreError::Closed))
+        };
+        match location(&config.db) {
+            Location::Postgres(url) => spawn(Box::new(move || Ok(Box::new(postgres::Postgres::connect(&url)?))))?,
+            Location::Sqlite(path) => {
+                let conn =
+                    open_connection(path, config.durability, config.busy_timeout).map_err(|e| open_failure(path, e))?;
+                // SQLite quietly opens a file it may not write read-only; every commit would
+                // then fail. A server that cannot store an edit must not start.
+                if conn.is_readonly(rusqlite::MAIN_DB)? {
+                    return Err(StoreError::ReadOnly { path: path.display().to_string() });
+                }
+                spawn(Box::new(move || Ok(Box::new(conn))))?
+            }
+        }
         Ok(Store { tx })
     }
 
@@ -368,6 +390,36 @@ impl Store {
     }
 }
 
+/// Where a `--db` points.
+pub enum Location<'a> {
+    Sqlite(&'a Path),
+    Postgres(String),
+}
+
+/// A connection to `--db` outside the store thread (the CLI, tests): SQLite (created if
+/// missing, migrated) or PostgreSQL (migrated). Not for use on a runtime's thread.
+pub fn connect(db: &Path, busy_timeout: Duration) -> Result<Box<dyn Db>, StoreError> {
+    Ok(match location(db) {
+        Location::Postgres(url) => Box::new(postgres::Postgres::connect(&url)?),
+        Location::Sqlite(path) => Box::new(open_connection(path, Durability::Full, busy_timeout)?),
+    })
+}
+
+/// `--db` as it may be logged: a path, or a URL without its password.
+pub fn describe(db: &Path) -> String {
+    match location(db) {
+        Location::Sqlite(path) => path.display().to_string(),
+        Location::Postgres(url) => postgres::redact(&url),
+    }
+}
+
+pub fn location(db: &Path) -> Location<'_> {
+    match db.to_str() {
+        Some(url) if postgres::is_url(url) => Location::Postgres(url.to_string()),
+        _ => Location::Sqlite(db),
+    }
+}
+
 pub fn open_connection(path: &Path, sync: Durability, busy_timeout: Duration) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -410,6 +462,10 @@ struct Worker {
     db: Box<dyn Db + Send>,
     /// Document name → row id, filled lazily (a document gets a row with its first update).
     ids: HashMap<Arc<str>, i64>,
+    /// Documents one of whose appends found its seq already written (by another server
+    /// sharing the database): every later append and snapshot of theirs is refused too, since
+    /// it may build on the refused one, until the document is loaded again.
+    conflicted: HashSet<Arc<str>>,
 }
 
 /// What to answer once the batch's transaction has committed (or failed).
@@ -417,7 +473,8 @@ enum Pending {
     Load(Reply<Loaded>, Result<Loaded, StoreError>),
     Read(Box<dyn FnOnce(&Result<(), StoreError>) + Send>),
     Delete(Reply<bool>, Result<bool, StoreError>),
-    Append(Ack, Option<Relay>, Arc<str>),
+    /// With the append's own refusal, if any (its seq was taken).
+    Append(Ack, Option<Relay>, Arc<str>, Option<StoreError>),
     Close(oneshot::Sender<()>),
 }
 
@@ -460,7 +517,11 @@ impl Worker {
                         Err(e) => Err(e.clone()),
                     });
                 }
-                Pending::Append(ack, relay, name) => {
+                Pending::Append(ack, relay, name, refused) => {
+                    let result = match refused {
+                        Some(e) => Err(e),
+                        None => result.clone(),
+                    };
                     // Committed: the relay goes out before the ack, so whatever its document
                     // parked behind this ticket follows it on the wire.
                     // Not after an earlier commit of the document failed either: the document
@@ -502,7 +563,7 @@ impl Worker {
             for cmd in batch {
                 pending.push(match cmd {
                     Command::Load { reply, .. } => Pending::Load(reply, Err(StoreError::Closed)),
-                    Command::Append(a) => Pending::Append(a.reply, None, a.name),
+                    Command::Append(a) => Pending::Append(a.reply, None, a.name, None),
                     Command::Snapshot { .. } => continue,
                     Command::Close { reply } => Pending::Close(reply),
                     Command::Read(job) => Pending::Read(job(db)),
@@ -515,20 +576,34 @@ impl Worker {
         for cmd in batch {
             match cmd {
                 Command::Load { name, reply } => {
+                    self.conflicted.remove(&name);
                     let r = load(db, &name);
                     pending.push(Pending::Load(reply, r));
                 }
                 Command::Append(a) => {
+                    let mut refused = None;
                     if first_error.is_none() {
-                        if let Err(e) = append(db, &mut self.ids, &a, &now) {
-                            first_error = Some(e);
+                        let seq = a.update.as_ref().map_or(0, |(seq, _)| *seq);
+                        let conflict = || StoreError::SeqConflict { doc: a.name.to_string(), seq };
+                        if self.conflicted.contains(&a.name) {
+                            refused = Some(conflict());
+                        } else {
+                            match append(db, &mut self.ids, &a, &now) {
+                                Ok(Appended::Yes) => {}
+                                Ok(Appended::SeqTaken) => {
+                                    tracing::error!(doc = %a.name, seq, "refused: seq already in the log (another server wrote it); the document reloads");
+                                    self.conflicted.insert(a.name.clone());
+                                    refused = Some(conflict());
+                                }
+                                Err(e) => first_error = Some(e),
+                            }
                         }
                     }
                     let Append { reply, relay, name, .. } = a;
-                    pending.push(Pending::Append(reply, relay, name));
+                    pending.push(Pending::Append(reply, relay, name, refused));
                 }
                 Command::Snapshot { name, seq, data } => {
-                    if first_error.is_none() {
+                    if first_error.is_none() && !self.conflicted.contains(&name) {
                         if let Err(e) = snapshot(db, &mut self.ids, &name, seq, &data, &now) {
                             first_error = Some(e);
                         }
@@ -582,13 +657,26 @@ fn doc_id(db: &mut dyn Db, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>, no
     Ok(id)
 }
 
-fn append(db: &mut dyn Db, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &str) -> Result<(), StoreError> {
+/// Whether an append was written.
+enum Appended {
+    Yes,
+    /// Its seq is already in the log: nothing of it was written.
+    SeqTaken,
+}
+
+fn append(db: &mut dyn Db, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &str) -> Result<Appended, StoreError> {
     let id = doc_id(db, ids, &a.name, now)?;
     if let Some((seq, data)) = &a.update {
-        db.execute(
-            "INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        // The conflict rule: the first writer of a seq keeps it (the primary key decides,
+        // even between two servers committing at once); a later one changes nothing.
+        let written = db.execute(
+            "INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (doc_id, seq) DO NOTHING",
             &params![id, *seq as i64, data, &*a.origin, now],
         )?;
+        if written == 0 {
+            return Ok(Appended::SeqTaken);
+        }
     }
     let update_seq = a.update.as_ref().map(|(seq, _)| *seq as i64);
     for record in &a.ot {
@@ -640,7 +728,7 @@ fn append(db: &mut dyn Db, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &s
             &params![id, *client as i64, &*a.origin, now],
         )?;
     }
-    Ok(())
+    Ok(Appended::Yes)
 }
 
 fn snapshot(
@@ -717,6 +805,21 @@ mod tests {
         crate::app::store_settings(&crate::config::Config { db: dir.join("sub/t.db"), ..Default::default() })
     }
 
+    /// A fresh PostgreSQL database on the test server (`scripts/test.sh` starts one and sets
+    /// `YSERVE_TEST_PG`; `scripts/pg.sh start DIR` does it by hand).
+    pub(crate) fn postgres_config() -> StoreSettings {
+        let server = std::env::var("YSERVE_TEST_PG").expect(
+            "YSERVE_TEST_PG is not set: run the suite with scripts/test.sh, or `eval \"$(scripts/pg.sh start DIR)\"`",
+        );
+        let url = postgres::fresh_database(&server).expect("create a test database");
+        crate::app::store_settings(&crate::config::Config { db: url.into(), ..Default::default() })
+    }
+
+    /// Both engines, SQLite in `dir`: every store test runs on each.
+    fn engines(dir: &Path) -> [StoreSettings; 2] {
+        [config(dir), postgres_config()]
+    }
+
     fn tempdir() -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("yserve-store-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -731,7 +834,14 @@ mod tests {
     #[tokio::test]
     async fn appends_and_snapshots_load_back() {
         let dir = tempdir();
-        let store = Store::open(&config(&dir)).unwrap();
+        for engine in engines(&dir) {
+            appends_and_snapshots_load_back_on(&engine).await;
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    async fn appends_and_snapshots_load_back_on(engine: &StoreSettings) {
+        let store = Store::open(engine).unwrap();
         let name: Arc<str> = "a/b".into();
         let origin: Arc<str> = "test".into();
         assert_eq!(store.load(name.clone()).await.unwrap().last_seq, 0);
@@ -748,24 +858,81 @@ mod tests {
         assert_eq!(loaded.tail, vec![(4, vec![4]), (5, vec![5])]);
         assert_eq!(loaded.last_seq, 5);
         store.close().await;
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
-    async fn a_failed_batch_commits_nothing_and_reports_to_every_append() {
+    async fn a_taken_seq_is_refused_and_changes_nothing() {
         let dir = tempdir();
-        let store = Store::open(&config(&dir)).unwrap();
+        for engine in engines(&dir) {
+            a_taken_seq_is_refused_and_changes_nothing_on(&engine).await;
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    async fn a_taken_seq_is_refused_and_changes_nothing_on(engine: &StoreSettings) {
+        let store = Store::open(engine).unwrap();
         let name: Arc<str> = "d".into();
         let origin: Arc<str> = "test".into();
         store.append(name.clone(), 1, vec![1], origin.clone()).await.unwrap().await.unwrap().unwrap();
-        // Seq 1 again violates the primary key; it shares a batch with seq 2 only if both are
-        // queued before the thread wakes, so check each outcome on its own terms.
+        // Seq 1 again: the first writer keeps it; this append and every later one of the
+        // document are refused until it is loaded again, while other documents commit.
         let dup = store.append(name.clone(), 1, vec![9], origin.clone()).await.unwrap();
-        assert!(dup.await.unwrap().is_err());
-        let loaded = store.load(name).await.unwrap();
+        let next = store.append(name.clone(), 2, vec![2], origin.clone()).await.unwrap();
+        let other = store.append("other".into(), 1, vec![7], origin.clone()).await.unwrap();
+        assert!(matches!(dup.await.unwrap(), Err(StoreError::SeqConflict { seq: 1, .. })));
+        assert!(matches!(next.await.unwrap(), Err(StoreError::SeqConflict { seq: 2, .. })));
+        other.await.unwrap().unwrap();
+        let loaded = store.load(name.clone()).await.unwrap();
         assert_eq!(loaded.tail, vec![(1, vec![1])]);
+        // Loaded again: its appends are taken again.
+        store.append(name.clone(), 2, vec![2], origin.clone()).await.unwrap().await.unwrap().unwrap();
+        assert_eq!(store.load(name).await.unwrap().tail, vec![(1, vec![1]), (2, vec![2])]);
+        assert_eq!(store.load("other".into()).await.unwrap().tail, vec![(1, vec![7])]);
         store.close().await;
-        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Two stores (two servers) on one PostgreSQL database append to one document at once,
+    /// each numbering from what it believes is the last seq: every seq ends up written once,
+    /// by exactly the store whose append was acknowledged, and nothing acknowledged is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_appending_at_once_never_share_or_lose_a_seq() {
+        let engine = postgres_config();
+        let (a, b) = (Store::open(&engine).unwrap(), Store::open(&engine).unwrap());
+        let name: Arc<str> = "shared".into();
+        let run = |store: Store, tag: u8| {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                let mut next = store.load(name.clone()).await.unwrap().last_seq + 1;
+                while next <= 300 {
+                    let data = vec![tag, (next % 251) as u8];
+                    match store.append(name.clone(), next, data, "t".into()).await.unwrap().await.unwrap() {
+                        Ok(()) => {
+                            won.push(next);
+                            next += 1;
+                        }
+                        // Another server took it: reload (as a document does) and go on.
+                        Err(StoreError::SeqConflict { .. }) => {
+                            next = store.load(name.clone()).await.unwrap().last_seq + 1;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                won
+            })
+        };
+        let (won_a, won_b) = (run(a.clone(), 1), run(b.clone(), 2));
+        let (won_a, won_b) = (won_a.await.unwrap(), won_b.await.unwrap());
+        let loaded = a.load(name.clone()).await.unwrap();
+        let seqs: Vec<u64> = loaded.tail.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "every seq once, none missing");
+        for (seq, data) in &loaded.tail {
+            let owner = if won_a.contains(seq) { 1 } else { 2 };
+            assert_eq!(data[0], owner, "seq {seq} holds the data of the store it acknowledged");
+        }
+        assert_eq!(won_a.len() + won_b.len(), 300);
+        a.close().await;
+        b.close().await;
     }
 
     /// A relay frame's bytes as they reach the client: one unmasked binary frame.
@@ -860,14 +1027,14 @@ mod tests {
         let (name, origin): (Arc<str>, Arc<str>) = ("g".into(), "test".into());
         store.append(name.clone(), 1, vec![1], origin.clone()).await.unwrap().await.unwrap().unwrap();
         let commits = Arc::new(Commits::default());
-        // Ticket 1 fails (seq 1 again violates the primary key)...
+        // Ticket 1 fails (seq 1 is taken)...
         let dup = Some((1, vec![9]));
         store
             .append_ticketed(name.clone(), dup, origin.clone(), vec![], vec![], commits.clone(), 1, None)
             .await
             .unwrap();
         assert!(commits.reached(1).await.is_err());
-        // ...ticket 2 (seq 2, which the actor had already applied) commits in a later batch.
+        // ...ticket 2 (seq 2, which the actor had already applied) comes in a later batch.
         let (relay, mut peer, _outbox, sender) = relay_to_pipe(b"after-failure");
         let next = Some((2, vec![2]));
         store
@@ -875,7 +1042,7 @@ mod tests {
             .await
             .unwrap();
         // Once a later command is answered, ticket 2's batch has been handled.
-        store.append(name.clone(), 3, vec![3], origin).await.unwrap().await.unwrap().unwrap();
+        store.append("h".into(), 1, vec![3], origin).await.unwrap().await.unwrap().unwrap();
         sender.peer().send(bytes::Bytes::from_static(b"marker")).unwrap();
         assert_eq!(read_relayed(&mut peer).await, b"marker", "a relay went out after the document's failed commit");
         store.close().await;

@@ -15,7 +15,8 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, Map, ReadTxn, StateVector, Text, Transact, TransactionMut, Update};
 
-use crate::support::{new_doc, read_db, Client, TestServer, TIMEOUT};
+use crate::support::{new_doc, read_db, with_db, Client, TestServer, TIMEOUT};
+use yserve::store::db::params;
 
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP/1.1 client: one request per connection (`Connection: close`), and a reader
@@ -510,17 +511,15 @@ async fn still_works(server: &TestServer, api: &Api, doc: &str, ws_token: Option
     assert_eq!(newcomer.text(), c.text());
 }
 
-fn db(server: &TestServer) -> rusqlite::Connection {
-    rusqlite::Connection::open(server.db_path()).expect("open db")
-}
-
 fn doc_id(server: &TestServer, name: &str) -> Option<i64> {
-    use rusqlite::OptionalExtension;
-    db(server).query_row("SELECT id FROM documents WHERE name = ?1", [name], |r| r.get(0)).optional().unwrap()
+    with_db(&server.db_path(), |db| {
+        db.row("SELECT id FROM documents WHERE name = ?1", &params![name], |r| r.int(0)).unwrap()
+    })
 }
 
 fn count_rows(server: &TestServer, table: &str, doc_id: i64) -> i64 {
-    db(server).query_row(&format!("SELECT count(*) FROM {table} WHERE doc_id = ?1"), [doc_id], |r| r.get(0)).unwrap()
+    let sql = format!("SELECT count(*) FROM {table} WHERE doc_id = ?1");
+    with_db(&server.db_path(), |db| db.one(&sql, &params![doc_id], |r| r.int(0)).unwrap())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1334,11 +1333,12 @@ async fn locks_survive_a_restart_and_are_stored_in_the_locks_table() {
     let api = Api::new(&server);
     let taken = api.post("/api/docs/team%2Fdoc/locks/body?ttl=10m", None, b"").await.ok_json();
     let id = doc_id(&server, "team/doc").expect("stored");
-    let row: (String, String, i64, String) = db(&server)
-        .query_row("SELECT key, holder, expires_at_ms, expires_at FROM locks WHERE doc_id = ?1", [id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    let row = with_db(&server.db_path(), |db| {
+        db.one("SELECT key, holder, expires_at_ms, expires_at FROM locks WHERE doc_id = ?1", &params![id], |r| {
+            Ok((r.text(0)?, r.text(1)?, r.int(2)?, r.text(3)?))
         })
-        .unwrap();
+        .unwrap()
+    });
     assert_eq!(row.0, "body");
     assert_eq!(row.1, "anonymous");
     assert_eq!(json!(row.2), taken["expires_at_ms"]);

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use yserve::auth::{issue, Access, Secret};
 
-use crate::support::{read_db, Client, TestServer};
+use crate::support::{read_db, sql_texts, Client, TestServer};
 
 const SECRET: &str = "test-secret";
 
@@ -95,14 +95,7 @@ async fn read_grants_sync_but_their_updates_are_dropped() {
     assert_eq!(writer.text(), "by alice!");
     let (updates, _) = read_db(&server.db_path(), "doc");
     assert_eq!(updates.len(), 2);
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let origins: Vec<String> = conn
-        .prepare("SELECT origin FROM updates ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let origins = sql_texts(&server.db_path(), "SELECT origin FROM updates ORDER BY seq");
     assert_eq!(origins, vec!["alice", "alice"], "origin is the token's user");
     crate::support::wait_for_log(&server, "dropping updates from a read-only connection").await;
 }
@@ -202,9 +195,7 @@ async fn a_client_id_belongs_to_the_first_user_who_wrote_with_it_across_restarts
     b3.insert(0, "bob ").await;
     b3.wait_echo().await;
     assert_eq!(Client::synced(&url(&alice)).await.text(), "bob still alice's");
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let owner: String =
-        conn.query_row("SELECT user_id FROM client_owners WHERE client_id = 4242", [], |r| r.get(0)).unwrap();
+    let owner = sql_texts(&server.db_path(), "SELECT user_id FROM client_owners WHERE client_id = 4242").remove(0);
     assert_eq!(owner, "alice");
 }
 
@@ -295,9 +286,7 @@ async fn a_client_id_announced_only_in_awareness_is_bound_for_awareness_and_upda
     assert_eq!(b.closed_with().await, (1008, "client-id".into()));
     // The claim is stored, although Alice never wrote with that id (it was queued before
     // Bob's update, whose echo he has seen, so it is committed).
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let owner: String =
-        conn.query_row("SELECT user_id FROM client_owners WHERE client_id = 777", [], |r| r.get(0)).unwrap();
+    let owner = sql_texts(&server.db_path(), "SELECT user_id FROM client_owners WHERE client_id = 777").remove(0);
     assert_eq!(owner, "alice");
     drop(a);
     server.restart();

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use yrs::{ReadTxn, Text, Transact};
 use yserve::protocol;
 
-use crate::support::{new_doc, Client, TestServer, TIMEOUT};
+use crate::support::{new_doc, on_postgres, Client, TestServer, TIMEOUT};
 
 /// Writer updates sent but not yet echoed, at most.
 const WINDOW: usize = 16;
@@ -101,11 +101,15 @@ async fn run_cycle(server: &mut TestServer, cycle: u32, kill_after: Duration, ta
     );
     let what = format!("cycle {cycle} (kill after {kill_after:?})");
 
-    let integrity = integrity_check(&server.db_path());
-    if integrity == "ok" {
-        tally.intact += 1;
-    } else {
-        tally.failures.push(format!("{what}: integrity_check says {integrity:?}"));
+    // SQLite's file is the server's to keep whole; PostgreSQL keeps its own (the killed
+    // process is yserve, not the database), so there the check is the log itself, below.
+    if !on_postgres() {
+        let integrity = integrity_check(&server.db_path());
+        if integrity == "ok" {
+            tally.intact += 1;
+        } else {
+            tally.failures.push(format!("{what}: integrity_check says {integrity:?}"));
+        }
     }
     server.restart_after_crash();
 

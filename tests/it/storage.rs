@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{covered_up_to, Client, TestServer};
+use crate::support::{covered_up_to, sqlite_only, Client, TestServer};
 
 /// A tmpfs mounted on a fresh temporary folder, unmounted when dropped.
 struct Mount {
@@ -158,6 +158,9 @@ fn a_database_locked_past_the_busy_timeout_refuses_start() {
 
 #[tokio::test]
 async fn a_database_locked_past_the_busy_timeout_fails_commits_with_1011_until_the_lock_is_released() {
+    if sqlite_only("SQLite's write lock and busy timeout") {
+        return;
+    }
     let server = TestServer::start_with(&["--store-busy-timeout-ms", "200"]);
     let url = server.url("locked");
     let mut reader = Client::synced(&url).await;

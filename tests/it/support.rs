@@ -16,6 +16,7 @@ use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, GetString, IdSet, ReadTxn, StateVector, Text, Transact, TransactionMut, Update};
 use yserve::protocol::{self, Inbound};
+use yserve::store::db::{params, Db};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,9 +38,11 @@ impl TestServer {
         Self::start_on(None, args)
     }
 
-    /// A server on the database file `db` (default: a new temporary one).
+    /// A server on the database file `db` (default: a new temporary one, a fresh PostgreSQL
+    /// database when the suite runs on PostgreSQL: `on_postgres`).
     pub fn start_on(db: Option<PathBuf>, args: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
+        let db = db.or_else(|| on_postgres().then(|| PathBuf::from(fresh_postgres_database())));
         let args = args.iter().map(|s| s.to_string()).collect();
         let mut server = TestServer { dir, db, args, child: None, port: 0 };
         server.spawn();
@@ -353,18 +356,56 @@ pub fn text_of_updates<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Strin
     s
 }
 
-/// Reads the log and snapshots of a document straight from the database file.
+/// Whether this run of the suite puts its servers on PostgreSQL (`YSERVE_TEST_STORE=postgres`,
+/// with `YSERVE_TEST_PG` naming the server; `scripts/test.sh` runs the suite once on each
+/// store).
+pub fn on_postgres() -> bool {
+    std::env::var("YSERVE_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// A new empty database on the test PostgreSQL server, as a `--db` URL.
+pub fn fresh_postgres_database() -> String {
+    let server = std::env::var("YSERVE_TEST_PG").expect("YSERVE_TEST_PG names the test PostgreSQL server");
+    yserve::store::postgres::fresh_database(&server).expect("create a test database")
+}
+
+/// For a test of SQLite itself (its file, its locks): on a PostgreSQL run it says so and
+/// returns `true` (the test then returns; it ran on SQLite in the other run).
+pub fn sqlite_only(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL (a SQLite-only test: {why})");
+    }
+    on_postgres()
+}
+
+/// A connection to a server's database (either store), for reading what it stored. On its
+/// own thread: PostgreSQL's client must not be blocked on from a test's runtime.
+pub fn with_db<T: Send>(db: &Path, f: impl FnOnce(&mut dyn Db) -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut conn = yserve::store::connect(db, Duration::from_secs(5)).expect("open the database");
+            f(&mut *conn)
+        })
+        .join()
+        .expect("database reader")
+    })
+}
+
+/// The first column of every row of a query without parameters, as text.
+pub fn sql_texts(db: &Path, sql: &str) -> Vec<String> {
+    with_db(db, |conn| conn.rows(sql, &[], |r| r.text(0)).unwrap())
+}
+
+/// Reads the log and snapshots of a document straight from the database.
 pub fn read_db(db: &Path, name: &str) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>) {
-    let conn = rusqlite::Connection::open(db).expect("open db");
-    let id: i64 = conn.query_row("SELECT id FROM documents WHERE name = ?1", [name], |r| r.get(0)).expect("doc row");
-    let rows = |sql: &str| -> Vec<(u64, Vec<u8>)> {
-        let mut stmt = conn.prepare(sql).unwrap();
-        stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))).unwrap().map(Result::unwrap).collect()
-    };
-    (
-        rows("SELECT seq, data FROM updates WHERE doc_id = ?1 ORDER BY seq"),
-        rows("SELECT seq, data FROM snapshots WHERE doc_id = ?1 ORDER BY seq"),
-    )
+    with_db(db, |conn| {
+        let id = conn.one("SELECT id FROM documents WHERE name = ?1", &params![name], |r| r.int(0)).expect("doc row");
+        let mut rows = |sql: &str| conn.rows(sql, &params![id], |r| Ok((r.uint(0)?, r.blob(1)?))).unwrap();
+        (
+            rows("SELECT seq, data FROM updates WHERE doc_id = ?1 ORDER BY seq"),
+            rows("SELECT seq, data FROM snapshots WHERE doc_id = ?1 ORDER BY seq"),
+        )
+    })
 }
 
 /// Waits until the server's log contains `needle`.

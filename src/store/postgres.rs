@@ -1,0 +1,280 @@
+//! PostgreSQL as the store's engine (`--db postgres://…`): a `Db` over one `tokio-postgres`
+//! connection, and the numbered migrations of `schema/postgres/`.
+//!
+//! The connection is driven by a small current-thread runtime of its own, blocked on by the
+//! thread that owns it (the store thread, or the CLI): the store's write path stays the one
+//! synchronous loop that SQLite runs, and no statement ever runs on the server's runtime.
+//! Because `block_on` must not be called from inside a runtime, a `Postgres` is made, used
+//! and dropped on such a thread only.
+//!
+//! Every commit is durable before it is acknowledged: `synchronous_commit` is set `on` for
+//! the session whatever the server's default. The tables, columns and meaning are those of
+//! SQLite's (SPEC §3); integers are `bigint`, blobs `bytea`, times ISO-8601 text.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::db::{Db, Row, Value};
+use super::error::StoreError;
+
+/// The numbered migrations, applied in order; `yserve_schema.version` counts them.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema/postgres/0001_init.sql"),
+    include_str!("../../schema/postgres/0002_client_owners.sql"),
+    include_str!("../../schema/postgres/0003_ot.sql"),
+    include_str!("../../schema/postgres/0004_locks.sql"),
+];
+
+/// Held by every process that migrates, so that two servers starting at once do not both
+/// apply a migration (`pg_advisory_xact_lock`; the number is "yserve" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7973_6572_7665;
+
+/// Whether `db` names a PostgreSQL database rather than a SQLite file.
+pub fn is_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+pub struct Postgres {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    /// Prepared statements by their SQL as the store writes it (`?1` placeholders).
+    statements: HashMap<String, Statement>,
+    in_transaction: bool,
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(Arc::new(e))
+    }
+}
+
+impl Postgres {
+    /// Connects, sets the session up for durable commits and applies the migrations.
+    pub fn connect(url: &str) -> Result<Postgres, StoreError> {
+        let mut pg = Postgres::connect_only(url)?;
+        pg.simple("SET synchronous_commit = on")?;
+        pg.migrate()?;
+        Ok(pg)
+    }
+
+    fn connect_only(url: &str) -> Result<Postgres, StoreError> {
+        let failed = |message: String| StoreError::Open { path: redact(url), message };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("could not start its runtime: {e}")))?;
+        let (client, connection) =
+            rt.block_on(tokio_postgres::connect(url, NoTls)).map_err(|e| failed(e.to_string()))?;
+        // Runs only while the owner blocks on a statement, which is the only time it has work.
+        rt.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!(error = %e, "postgres connection ended");
+            }
+        });
+        Ok(Postgres { rt, client, statements: HashMap::new(), in_transaction: false })
+    }
+
+    fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.rt.block_on(self.client.batch_execute(sql))?;
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        self.simple("BEGIN")?;
+        self.in_transaction = true;
+        let result = self.migrate_in_transaction();
+        match result {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn migrate_in_transaction(&mut self) -> Result<(), StoreError> {
+        let lock = format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})");
+        self.simple(&lock)?;
+        self.simple("CREATE TABLE IF NOT EXISTS yserve_schema (version bigint NOT NULL)")?;
+        let db: &mut dyn Db = self;
+        let version = match db.row("SELECT version FROM yserve_schema", &[], |r| r.uint(0))? {
+            Some(v) => v as usize,
+            None => {
+                db.execute("INSERT INTO yserve_schema(version) VALUES (0)", &[])?;
+                0
+            }
+        };
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::SchemaTooNew { found: version, known: MIGRATIONS.len() });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            self.simple(sql)?;
+            let db: &mut dyn Db = self;
+            db.execute("UPDATE yserve_schema SET version = ?1", &[Value::Int(i as i64 + 1)])?;
+            tracing::info!(migration = i + 1, "applied postgres schema migration");
+        }
+        Ok(())
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.rt.block_on(self.client.prepare(&placeholders(sql)))?;
+        self.statements.insert(sql.to_string(), prepared.clone());
+        Ok(prepared)
+    }
+}
+
+/// Creates a new, empty database on the server `url` names and returns its URL: a fresh
+/// store for each test or benchmark run, on one throw-away server.
+pub fn fresh_database(url: &str) -> Result<String, StoreError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let name = format!("t_{}_{unique}_{n}", std::process::id());
+    // On a thread of its own: the caller may be on a runtime (a test), where no runtime can
+    // be blocked on.
+    let server = url.to_string();
+    let create = format!("CREATE DATABASE {name}");
+    std::thread::spawn(move || {
+        let mut pg = Postgres::connect_only(&server)?;
+        pg.simple(&create)
+    })
+    .join()
+    .map_err(|_| StoreError::Closed)??;
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
+/// `?1` → `$1`: the store's SQL uses SQLite's numbered placeholders, which PostgreSQL spells
+/// with a dollar. The statements have no `?` anywhere else.
+fn placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(|n| n.is_ascii_digit()) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn sql_params<'a>(params: &'a [Value<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| match p {
+            Value::Int(v) => v as &(dyn ToSql + Sync),
+            Value::OptInt(v) => v as &(dyn ToSql + Sync),
+            Value::Text(v) => v as &(dyn ToSql + Sync),
+            Value::Blob(v) => v as &(dyn ToSql + Sync),
+        })
+        .collect()
+}
+
+impl Row for tokio_postgres::Row {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.opt_int(i)?.ok_or(StoreError::NoRow)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        let ty = self.columns()[i].type_();
+        Ok(if *ty == Type::INT4 {
+            self.try_get::<_, Option<i32>>(i)?.map(i64::from)
+        } else if *ty == Type::INT2 {
+            self.try_get::<_, Option<i16>>(i)?.map(i64::from)
+        } else {
+            self.try_get::<_, Option<i64>>(i)?
+        })
+    }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn blob(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+impl Db for Postgres {
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
+        let statement = self.statement(sql)?;
+        Ok(self.rt.block_on(self.client.execute(&statement, &sql_params(params)))?)
+    }
+
+    fn each_row(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let statement = self.statement(sql)?;
+        let rows = self.rt.block_on(self.client.query(&statement, &sql_params(params)))?;
+        for row in &rows {
+            each(row)?;
+        }
+        Ok(())
+    }
+
+    fn begin_write(&mut self) -> Result<(), StoreError> {
+        self.simple("BEGIN")?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        self.simple("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.in_transaction = false;
+        self.simple("COMMIT")
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.in_transaction) {
+            self.simple("ROLLBACK")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_dollars() {
+        assert_eq!(placeholders("SELECT ?1, ?12 FROM t WHERE a = ?2"), "SELECT $1, $12 FROM t WHERE a = $2");
+        assert_eq!(placeholders("SELECT '?' "), "SELECT '?' ");
+    }
+
+    #[test]
+    fn a_password_is_not_shown() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+}
