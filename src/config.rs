@@ -284,7 +284,8 @@ pub struct Config {
     pub awareness_timeout_ms: u64,
 
     /// How long a store transaction waits for a lock held by another SQLite connection
-    /// (an operator's `sqlite3`) before the commit fails.
+    /// (an operator's `sqlite3`) before the commit fails; on PostgreSQL, the session's
+    /// `statement_timeout` (a statement waiting longer fails, and its commit with it).
     #[arg(long, env = "YSERVE_STORE_BUSY_TIMEOUT_MS", default_value_t = 5_000)]
     pub store_busy_timeout_ms: u64,
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(Arc<rusqlite::Error>),
-    #[error("postgres: {}", postgres_message(.0))]
+    #[error("postgres: {}", postgres_reason(.0))]
     Postgres(Arc<tokio_postgres::Error>),
     #[error("store is closed")]
     Closed,
@@ -26,6 +26,8 @@ pub enum StoreError {
     SchemaTooNew { found: usize, known: usize },
     #[error("the database {path} is read-only: the server must be able to write it")]
     ReadOnly { path: String },
+    #[error("the database is unreachable ({reason}) for {down_ms} ms; next attempt in {retry_in_ms} ms")]
+    Unavailable { down_ms: u64, retry_in_ms: u64, reason: String },
     #[error("could not open the database {path}: {message}")]
     Open { path: String, message: String },
 }
@@ -51,7 +53,7 @@ impl From<rusqlite::Error> for StoreError {
 
 /// PostgreSQL's own message and SQLSTATE where the server sent one (the client's `Display`
 /// says only "db error").
-fn postgres_message(e: &tokio_postgres::Error) -> String {
+pub(crate) fn postgres_reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         None => e.to_string(),

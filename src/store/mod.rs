@@ -287,7 +287,10 @@ impl Store {
             opened.recv().unwrap_or(Err(StoreError::Closed))
         };
         match location(&config.db) {
-            Location::Postgres(url) => spawn(Box::new(move || Ok(Box::new(postgres::Postgres::connect(&url)?))))?,
+            Location::Postgres(url) => {
+                let statement_timeout = config.busy_timeout;
+                spawn(Box::new(move || Ok(Box::new(postgres::Postgres::connect(&url, statement_timeout)?))))?
+            }
             Location::Sqlite(path) => {
                 let conn =
                     open_connection(path, config.durability, config.busy_timeout).map_err(|e| open_failure(path, e))?;
@@ -400,7 +403,7 @@ pub enum Location<'a> {
 /// missing, migrated) or PostgreSQL (migrated). Not for use on a runtime's thread.
 pub fn connect(db: &Path, busy_timeout: Duration) -> Result<Box<dyn Db>, StoreError> {
     Ok(match location(db) {
-        Location::Postgres(url) => Box::new(postgres::Postgres::connect(&url)?),
+        Location::Postgres(url) => Box::new(postgres::Postgres::connect(&url, busy_timeout)?),
         Location::Sqlite(path) => Box::new(open_connection(path, Durability::Full, busy_timeout)?),
     })
 }

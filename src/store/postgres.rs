@@ -13,12 +13,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::db::{Db, Row, Value};
-use super::error::StoreError;
+use super::error::{postgres_reason, StoreError};
 
 /// The numbered migrations, applied in order; `yserve_schema.version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -38,12 +39,35 @@ pub fn is_url(db: &str) -> bool {
 }
 
 pub struct Postgres {
+    url: String,
     rt: tokio::runtime::Runtime,
     client: Client,
-    /// Prepared statements by their SQL as the store writes it (`?1` placeholders).
+    /// Prepared statements by their SQL as the store writes it (`?1` placeholders), for the
+    /// current connection (a reconnect prepares them again).
     statements: HashMap<String, Statement>,
     in_transaction: bool,
+    /// The session's `statement_timeout`: how long a statement may wait (for a lock held by
+    /// another session, say) before it fails.
+    statement_timeout: Duration,
+    /// Set while the server cannot be reached: when to try again.
+    outage: Option<Outage>,
 }
+
+/// An outage of the PostgreSQL server, as the store sees it: transactions are refused at once
+/// (`StoreError::Unavailable`) until `retry_at`, then one reconnect is tried; each failed try
+/// doubles the wait (with jitter), up to `RETRY_MAX`.
+struct Outage {
+    since: Instant,
+    retry_at: Instant,
+    wait: Duration,
+    reason: String,
+}
+
+/// The first wait after a failed reconnect, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long one connection attempt may take (an unreachable host, not a refused port).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -52,10 +76,12 @@ impl From<tokio_postgres::Error> for StoreError {
 }
 
 impl Postgres {
-    /// Connects, sets the session up for durable commits and applies the migrations.
-    pub fn connect(url: &str) -> Result<Postgres, StoreError> {
+    /// Connects, sets the session up (durable commits, `statement_timeout`) and applies the
+    /// migrations. The server must be reachable now: a store that cannot start says so.
+    pub fn connect(url: &str, statement_timeout: Duration) -> Result<Postgres, StoreError> {
         let mut pg = Postgres::connect_only(url)?;
-        pg.simple("SET synchronous_commit = on")?;
+        pg.statement_timeout = statement_timeout;
+        pg.set_up_session()?;
         pg.migrate()?;
         Ok(pg)
     }
@@ -66,15 +92,95 @@ impl Postgres {
             .enable_all()
             .build()
             .map_err(|e| failed(format!("could not start its runtime: {e}")))?;
-        let (client, connection) =
-            rt.block_on(tokio_postgres::connect(url, NoTls)).map_err(|e| failed(e.to_string()))?;
-        // Runs only while the owner blocks on a statement, which is the only time it has work.
-        rt.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(error = %e, "postgres connection ended");
-            }
+        let client = open_client(&rt, url).map_err(|e| failed(postgres_reason(&e)))?;
+        Ok(Postgres {
+            url: url.to_string(),
+            rt,
+            client,
+            statements: HashMap::new(),
+            in_transaction: false,
+            statement_timeout: Duration::ZERO,
+            outage: None,
+        })
+    }
+
+    fn set_up_session(&mut self) -> Result<(), StoreError> {
+        let setup = self.session_setup();
+        self.simple(&setup)
+    }
+
+    /// Every commit durable before it is acknowledged, whatever the server's default; no
+    /// statement waiting longer than the store's busy timeout.
+    fn session_setup(&self) -> String {
+        let timeout_ms = self.statement_timeout.as_millis();
+        format!("SET synchronous_commit = on; SET statement_timeout = {timeout_ms}")
+    }
+
+    /// Before a transaction: a connection the server closed (a restart, an administrator's
+    /// `pg_terminate_backend`) is replaced, with backoff while the server stays away.
+    fn ensure_connected(&mut self) -> Result<(), StoreError> {
+        // The connection task runs only while this thread blocks on it: let it notice a
+        // close that arrived while the store was idle.
+        self.rt.block_on(async {
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
         });
-        Ok(Postgres { rt, client, statements: HashMap::new(), in_transaction: false })
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if let Some(outage) = &self.outage {
+            if now < outage.retry_at {
+                return Err(outage.refusal(now));
+            }
+        }
+        match self.reconnect() {
+            Ok(()) => {
+                if let Some(outage) = self.outage.take() {
+                    tracing::info!(db = %redact(&self.url), down_ms = outage.since.elapsed().as_millis() as u64, "postgres: reconnected");
+                } else {
+                    tracing::info!(db = %redact(&self.url), "postgres: connection replaced");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let reason = postgres_reason(&e);
+                let (since, wait) = match &self.outage {
+                    Some(o) => (o.since, (o.wait * 2).min(RETRY_MAX)),
+                    None => (now, RETRY_FIRST),
+                };
+                let wait = jitter(wait);
+                tracing::warn!(db = %redact(&self.url), error = %reason, retry_in_ms = wait.as_millis() as u64, "postgres: unreachable; writes are refused until it is back");
+                let outage = Outage { since, retry_at: now + wait, wait, reason };
+                let refusal = outage.refusal(now);
+                self.outage = Some(outage);
+                Err(refusal)
+            }
+        }
+    }
+
+    fn reconnect(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.client = open_client(&self.rt, &self.url)?;
+        self.statements.clear();
+        self.in_transaction = false;
+        let setup = self.session_setup();
+        self.rt.block_on(self.client.batch_execute(&setup))
+    }
+
+    /// `BEGIN …`, on a fresh connection if the old one turns out to be closed: nothing of the
+    /// transaction has been sent yet, so trying once more is safe.
+    fn begin(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.ensure_connected()?;
+        let began = match self.rt.block_on(self.client.batch_execute(sql)) {
+            Err(e) if e.is_closed() || self.client.is_closed() => {
+                self.ensure_connected()?;
+                self.rt.block_on(self.client.batch_execute(sql))
+            }
+            other => other,
+        };
+        began?;
+        self.in_transaction = true;
+        Ok(())
     }
 
     fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
@@ -127,6 +233,43 @@ impl Postgres {
         self.statements.insert(sql.to_string(), prepared.clone());
         Ok(prepared)
     }
+}
+
+impl Outage {
+    fn refusal(&self, now: Instant) -> StoreError {
+        StoreError::Unavailable {
+            down_ms: now.duration_since(self.since).as_millis() as u64,
+            retry_in_ms: self.retry_at.saturating_duration_since(now).as_millis() as u64,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// A connection whose driving task runs on `rt` (only while its owner blocks on it).
+fn open_client(rt: &tokio::runtime::Runtime, url: &str) -> Result<Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    // So an operator finds the server's sessions in `pg_stat_activity`.
+    if config.get_application_name().is_none() {
+        config.application_name("yserve");
+    }
+    let (client, connection) = rt.block_on(config.connect(NoTls))?;
+    rt.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %postgres_reason(&e), "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A wait of between 3/4 and 5/4 of `wait`, so that servers that lost the database at the
+/// same moment do not all come back at the same one.
+fn jitter(wait: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let spread = RandomState::new().hash_one(Instant::now()) % 1000;
+    wait.mul_f64(0.75 + spread as f64 / 2000.0)
 }
 
 /// Creates a new, empty database on the server `url` names and returns its URL: a fresh
@@ -237,15 +380,11 @@ impl Db for Postgres {
     }
 
     fn begin_write(&mut self) -> Result<(), StoreError> {
-        self.simple("BEGIN")?;
-        self.in_transaction = true;
-        Ok(())
+        self.begin("BEGIN")
     }
 
     fn begin_read(&mut self) -> Result<(), StoreError> {
-        self.simple("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
-        self.in_transaction = true;
-        Ok(())
+        self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
@@ -254,7 +393,8 @@ impl Db for Postgres {
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
-        if std::mem::take(&mut self.in_transaction) {
+        // On a closed connection there is nothing to roll back: the server already did.
+        if std::mem::take(&mut self.in_transaction) && !self.client.is_closed() {
             self.simple("ROLLBACK")?;
         }
         Ok(())

@@ -33,7 +33,7 @@ async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) 
     parse_response(&raw)
 }
 
-async fn get(port: u16, path: &str) -> Response {
+pub(crate) async fn get(port: u16, path: &str) -> Response {
     request(port, "GET", path, &[]).await
 }
 

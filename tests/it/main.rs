@@ -65,6 +65,7 @@ mod hostile;
 mod imports;
 mod limits;
 mod ot;
+mod postgres_faults;
 mod property;
 mod refusals;
 mod storage;
