@@ -96,7 +96,34 @@ pub trait Db {
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Rolls back the open transaction, if any.
     fn rollback(&mut self) -> Result<(), StoreError>;
+    /// Writes rows of the update log, in order; for each whether it was written (`false`:
+    /// its `(doc_id, seq)` was already taken, and nothing of that row changed). One
+    /// statement per row here; an engine where each statement is a network round trip
+    /// writes them all in one.
+    fn insert_updates(&mut self, rows: &[LogRow<'_>]) -> Result<Vec<bool>, StoreError> {
+        rows.iter()
+            .map(|r| {
+                let written = self.execute(INSERT_UPDATE, &params![r.doc_id, r.seq, r.data, r.origin, r.created_at])?;
+                Ok(written == 1)
+            })
+            .collect()
+    }
 }
+
+/// One row of `updates`.
+#[derive(Debug, Clone, Copy)]
+pub struct LogRow<'a> {
+    pub doc_id: i64,
+    pub seq: i64,
+    pub data: &'a [u8],
+    pub origin: &'a str,
+    pub created_at: &'a str,
+}
+
+/// The conflict rule: the first writer of a seq keeps it (the primary key decides, even
+/// between two servers committing at once); a later one changes nothing.
+pub const INSERT_UPDATE: &str = "INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (doc_id, seq) DO NOTHING";
 
 impl dyn Db + '_ {
     /// Every row of a query, each made by `f`.

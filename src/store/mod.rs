@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use db::{params, Db};
+use db::{params, Db, LogRow, INSERT_UPDATE};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -95,6 +95,14 @@ pub struct Append {
     pub ot: Vec<Record>,
     reply: Ack,
     relay: Option<Relay>,
+}
+
+impl Append {
+    /// An update and nothing else (no OT state, no client id claimed): most appends, and
+    /// the ones a batch writes together.
+    fn is_plain(&self) -> bool {
+        self.update.is_some() && self.ot.is_empty() && self.claims.is_empty()
+    }
 }
 
 /// How an append is acknowledged once its transaction committed (or failed).
@@ -576,26 +584,50 @@ impl Worker {
             return Err(e);
         }
         let mut first_error = None;
+        // Plain appends (an update, nothing else) wait here to be written together
+        // (`Db::insert_updates`: one round trip on PostgreSQL); anything else that touches the
+        // database writes them first, so statements keep the batch's order.
+        let mut deferred: Vec<Deferred> = Vec::new();
+        let conflicted = &mut self.conflicted;
+        let ids = &mut self.ids;
         for cmd in batch {
+            if !matches!(&cmd, Command::Append(a) if a.is_plain()) {
+                write_deferred(db, conflicted, &mut deferred, pending, &mut first_error, &now);
+            }
             match cmd {
                 Command::Load { name, reply } => {
-                    self.conflicted.remove(&name);
+                    conflicted.remove(&name);
                     let r = load(db, &name);
                     pending.push(Pending::Load(reply, r));
                 }
-                Command::Append(a) => {
+                Command::Append(mut a) => {
                     let mut refused = None;
                     if first_error.is_none() {
                         let seq = a.update.as_ref().map_or(0, |(seq, _)| *seq);
                         let conflict = || StoreError::SeqConflict { doc: a.name.to_string(), seq };
-                        if self.conflicted.contains(&a.name) {
+                        if conflicted.contains(&a.name) {
                             refused = Some(conflict());
+                        } else if a.is_plain() {
+                            match doc_id(db, ids, &a.name, &now) {
+                                Ok(doc_id) => {
+                                    let (seq, data) = a.update.take().expect("a plain append has an update");
+                                    deferred.push(Deferred {
+                                        pending: pending.len(),
+                                        name: a.name.clone(),
+                                        doc_id,
+                                        seq,
+                                        data,
+                                        origin: a.origin.clone(),
+                                    });
+                                }
+                                Err(e) => first_error = Some(e),
+                            }
                         } else {
-                            match append(db, &mut self.ids, &a, &now) {
+                            match append(db, ids, &a, &now) {
                                 Ok(Appended::Yes) => {}
                                 Ok(Appended::SeqTaken) => {
                                     tracing::error!(doc = %a.name, seq, "refused: seq already in the log (another server wrote it); the document reloads");
-                                    self.conflicted.insert(a.name.clone());
+                                    conflicted.insert(a.name.clone());
                                     refused = Some(conflict());
                                 }
                                 Err(e) => first_error = Some(e),
@@ -606,8 +638,8 @@ impl Worker {
                     pending.push(Pending::Append(reply, relay, name, refused));
                 }
                 Command::Snapshot { name, seq, data } => {
-                    if first_error.is_none() && !self.conflicted.contains(&name) {
-                        if let Err(e) = snapshot(db, &mut self.ids, &name, seq, &data, &now) {
+                    if first_error.is_none() && !conflicted.contains(&name) {
+                        if let Err(e) = snapshot(db, ids, &name, seq, &data, &now) {
                             first_error = Some(e);
                         }
                     }
@@ -616,7 +648,7 @@ impl Worker {
                 Command::Read(job) => pending.push(Pending::Read(job(db))),
                 Command::Delete { name, reply } => {
                     let r = delete_document(db, &name);
-                    self.ids.remove(&name);
+                    ids.remove(&name);
                     if let Err(e) = &r {
                         first_error.get_or_insert_with(|| e.clone());
                     }
@@ -624,6 +656,7 @@ impl Worker {
                 }
             }
         }
+        write_deferred(db, conflicted, &mut deferred, pending, &mut first_error, &now);
         let result = match first_error {
             Some(e) => Err(e),
             None => db.commit(),
@@ -660,6 +693,68 @@ fn doc_id(db: &mut dyn Db, ids: &mut HashMap<Arc<str>, i64>, name: &Arc<str>, no
     Ok(id)
 }
 
+/// A plain append waiting in its batch to be written with the others (`Worker::execute`).
+struct Deferred {
+    /// Its entry in the batch's replies.
+    pending: usize,
+    name: Arc<str>,
+    doc_id: i64,
+    seq: u64,
+    data: Vec<u8>,
+    origin: Arc<str>,
+}
+
+/// Writes the deferred appends in one `insert_updates`. A row whose seq was taken refuses its
+/// append and marks its document conflicted (as `append` does); rows of that document after
+/// it, written by the same statement, are taken back out and refused too: a conflicted
+/// document writes nothing more until it reloads. After an earlier failure in the batch
+/// they are dropped unwritten (the batch rolls back).
+fn write_deferred(
+    db: &mut dyn Db,
+    conflicted: &mut HashSet<Arc<str>>,
+    deferred: &mut Vec<Deferred>,
+    pending: &mut [Pending],
+    first_error: &mut Option<StoreError>,
+    now: &str,
+) {
+    if !deferred.is_empty() && first_error.is_none() {
+        if let Err(e) = write_rows(db, conflicted, deferred, pending, now) {
+            *first_error = Some(e);
+        }
+    }
+    deferred.clear();
+}
+
+fn write_rows(
+    db: &mut dyn Db,
+    conflicted: &mut HashSet<Arc<str>>,
+    deferred: &[Deferred],
+    pending: &mut [Pending],
+    now: &str,
+) -> Result<(), StoreError> {
+    let rows: Vec<LogRow<'_>> = deferred
+        .iter()
+        .map(|d| LogRow { doc_id: d.doc_id, seq: d.seq as i64, data: &d.data, origin: &d.origin, created_at: now })
+        .collect();
+    let written = db.insert_updates(&rows)?;
+    for (d, written) in deferred.iter().zip(written) {
+        let after_conflict = conflicted.contains(&d.name);
+        if written && !after_conflict {
+            continue;
+        }
+        if written {
+            db.execute("DELETE FROM updates WHERE doc_id = ?1 AND seq = ?2", &params![d.doc_id, d.seq as i64])?;
+        } else {
+            tracing::error!(doc = %d.name, seq = d.seq, "refused: seq already in the log (another server wrote it); the document reloads");
+        }
+        conflicted.insert(d.name.clone());
+        if let Pending::Append(_, _, _, refused) = &mut pending[d.pending] {
+            *refused = Some(StoreError::SeqConflict { doc: d.name.to_string(), seq: d.seq });
+        }
+    }
+    Ok(())
+}
+
 /// Whether an append was written.
 enum Appended {
     Yes,
@@ -670,13 +765,7 @@ enum Appended {
 fn append(db: &mut dyn Db, ids: &mut HashMap<Arc<str>, i64>, a: &Append, now: &str) -> Result<Appended, StoreError> {
     let id = doc_id(db, ids, &a.name, now)?;
     if let Some((seq, data)) = &a.update {
-        // The conflict rule: the first writer of a seq keeps it (the primary key decides,
-        // even between two servers committing at once); a later one changes nothing.
-        let written = db.execute(
-            "INSERT INTO updates(doc_id, seq, data, origin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (doc_id, seq) DO NOTHING",
-            &params![id, *seq as i64, data, &*a.origin, now],
-        )?;
+        let written = db.execute(INSERT_UPDATE, &params![id, *seq as i64, data, &*a.origin, now])?;
         if written == 0 {
             return Ok(Appended::SeqTaken);
         }
