@@ -898,17 +898,31 @@ fn load(db: &mut dyn Db, name: &str) -> Result<Loaded, StoreError> {
     let Some(id) = offline::doc_id(db, name)? else {
         return Ok(Loaded::default());
     };
-    let snapshot =
-        db.row("SELECT seq, data FROM snapshots WHERE doc_id = ?1 ORDER BY seq DESC LIMIT 1", &params![id], |r| {
-            Ok((r.uint(0)?, r.blob(1)?))
-        })?;
-    let after = snapshot.as_ref().map_or(0, |(s, _)| *s);
-    let tail = db.rows(
-        "SELECT seq, data FROM updates WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq",
-        &params![id, after as i64],
-        |r| Ok((r.uint(0)?, r.blob(1)?)),
+    // The snapshot, the updates after it and so the highest seq come from one statement, so
+    // one view of the log even at PostgreSQL's READ COMMITTED: read separately, an update
+    // committed by another server (or `yserve import`) between the reads would be counted in
+    // the highest seq but missing from the tail, and a `compact --prune-history` between
+    // them would leave a gap between an old snapshot and the pruned tail.
+    let rows = db.rows(
+        "WITH s AS (SELECT seq, data FROM snapshots WHERE doc_id = ?1 ORDER BY seq DESC LIMIT 1) \
+         SELECT CAST(1 AS BIGINT), seq, data FROM s \
+         UNION ALL \
+         SELECT CAST(0 AS BIGINT), seq, data FROM updates WHERE doc_id = ?1 AND seq > coalesce((SELECT seq FROM s), 0) \
+         ORDER BY 1 DESC, 2",
+        &params![id],
+        |r| Ok((r.uint(0)? == 1, r.uint(1)?, r.blob(2)?)),
     )?;
-    let last_seq = db.one("SELECT max(seq) FROM updates WHERE doc_id = ?1", &params![id], |r| r.opt_int(0))?;
+    let mut snapshot = None;
+    let mut tail = Vec::with_capacity(rows.len());
+    for (is_snapshot, seq, data) in rows {
+        match is_snapshot {
+            true => snapshot = Some((seq, data)),
+            false => tail.push((seq, data)),
+        }
+    }
+    // The update a snapshot covers last is never pruned (`offline::prune_before`), so the
+    // highest seq is the tail's last, or the snapshot's when nothing came after it.
+    let last_seq = tail.last().or(snapshot.as_ref()).map_or(0, |(seq, _)| *seq);
     let owners = db.rows("SELECT client_id, user_id FROM client_owners WHERE doc_id = ?1", &params![id], |r| {
         Ok((r.uint(0)?, r.text(1)?))
     })?;
@@ -925,7 +939,7 @@ fn load(db: &mut dyn Db, name: &str) -> Result<Loaded, StoreError> {
     let locks = db.rows("SELECT key, holder, expires_at_ms FROM locks WHERE doc_id = ?1", &params![id], |r| {
         Ok((r.text(0)?, r.text(1)?, r.uint(2)?))
     })?;
-    Ok(Loaded { snapshot, tail, last_seq: last_seq.unwrap_or(0) as u64, owners, ot_texts, locks })
+    Ok(Loaded { snapshot, tail, last_seq, owners, ot_texts, locks })
 }
 
 #[cfg(test)]
