@@ -42,7 +42,7 @@ use yrs::encoding::write::Write;
 use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::sync::{AwarenessUpdate, Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
-use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, Update};
+use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 use yserve::config::{Config, SyncMode};
 use yserve::hocuspocus::{self, Address, Frame as HFrame, Message as HMessage};
@@ -272,6 +272,7 @@ fn clock_ticks_per_sec() -> u64 {
 struct CpuWindow {
     pid: String,
     ticks: (u64, u64),
+    writes: Option<u64>,
     at: Instant,
 }
 
@@ -280,6 +281,9 @@ struct CpuUse {
     user: f64,
     system: f64,
     wall_secs: f64,
+    /// Write-type system calls (write, writev, send…) over the window, from `syscw` of
+    /// /proc/PID/io, when readable: how well the process coalesced its sends.
+    writes: Option<u64>,
 }
 
 impl CpuUse {
@@ -297,15 +301,25 @@ impl std::fmt::Display for CpuUse {
 
 impl CpuWindow {
     fn start(pid: &str) -> Result<CpuWindow> {
-        Ok(CpuWindow { pid: pid.to_string(), ticks: cpu_ticks(pid)?, at: Instant::now() })
+        Ok(CpuWindow { pid: pid.to_string(), ticks: cpu_ticks(pid)?, writes: write_syscalls(pid), at: Instant::now() })
     }
 
     fn stop(&self) -> Result<CpuUse> {
         let (user, system) = cpu_ticks(&self.pid)?;
         let wall_secs = self.at.elapsed().as_secs_f64();
         let percent = |ticks: u64| 100.0 * ticks as f64 / clock_ticks_per_sec() as f64 / wall_secs;
-        Ok(CpuUse { user: percent(user - self.ticks.0), system: percent(system - self.ticks.1), wall_secs })
+        let writes = match (self.writes, write_syscalls(&self.pid)) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        };
+        Ok(CpuUse { user: percent(user - self.ticks.0), system: percent(system - self.ticks.1), wall_secs, writes })
     }
+}
+
+/// `syscw` of /proc/PID/io: write-type system calls so far (None if unreadable).
+fn write_syscalls(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("syscw:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// The soft `Max open files` limit of this process (from /proc/self/limits).
@@ -689,6 +703,14 @@ impl Wire {
         }
     }
 
+    /// The document name every frame of this socket starts with (Hocuspocus), if any.
+    fn address(&self) -> Option<&str> {
+        match self {
+            Wire::Yjs => None,
+            Wire::Hocuspocus { address } => Some(&address.raw),
+        }
+    }
+
     fn pong(&self) -> Bytes {
         Bytes::from_static(&[hocuspocus::kind::PONG as u8])
     }
@@ -865,24 +887,32 @@ struct TrackerState {
     /// Updates sent so far. The scheduler only hands out turns; a turn becomes an update
     /// when its client runs, so the drain waits for this count, not just for `pending`.
     sent: u64,
+    /// Per room, the last character of the update relayed most recently (first delivery):
+    /// where the room's next edit is typed. Only relayed ids, so the server has them.
+    ends: HashMap<usize, (ClientID, u32)>,
 }
 
 /// An update on its way; who has it already is kept so that a lost delivery can be named.
 struct Inflight {
     sent_at: Instant,
     sender: usize,
+    room: usize,
     remaining: u32,
     delivered_to: Vec<usize>,
 }
 
 impl Tracker {
-    fn sent(&self, id: (ClientID, u32), sender: usize, receivers: u32) {
+    fn sent(&self, id: (ClientID, u32), sender: usize, room: usize, receivers: u32) {
         let mut state = self.state.lock().expect("tracker lock");
         state.sent += 1;
-        if receivers > 0 {
+        if receivers == 0 {
+            // Nobody to relay it to: the sender's own edit is the room's end.
+            state.ends.insert(room, last_char(id));
+        } else {
             let inflight = Inflight {
                 sent_at: Instant::now(),
                 sender,
+                room,
                 remaining: receivers,
                 delivered_to: Vec::with_capacity(receivers as usize),
             };
@@ -897,12 +927,22 @@ impl Tracker {
             return;
         };
         let us = at.saturating_duration_since(inflight.sent_at).as_micros();
+        let first = inflight.delivered_to.is_empty();
+        let room = inflight.room;
         inflight.remaining -= 1;
         inflight.delivered_to.push(receiver);
         if inflight.remaining == 0 {
             state.pending.remove(&id);
         }
+        if first {
+            state.ends.insert(room, last_char(id));
+        }
         state.latencies_us.push(us.min(u32::MAX as u128) as u32);
+    }
+
+    /// Where the room's next edit goes: after this character, or at the start.
+    fn end(&self, room: usize) -> Option<(ClientID, u32)> {
+        self.state.lock().expect("tracker lock").ends.get(&room).copied()
     }
 
     /// Whether every one of `total` updates has been sent and delivered everywhere.
@@ -912,10 +952,18 @@ impl Tracker {
     }
 }
 
-/// One connection of the latency run: inserts into its doc when the scheduler says so, and
-/// applies (and times) what the server relays. Ends when the scheduler drops its sender.
+/// One connection of the latency run: types into its room's text when the scheduler says so,
+/// and times what the server relays. Ends when the scheduler drops its sender.
+///
+/// It keeps no yrs doc: a doc per connection applying every relayed update made the
+/// generator, not the server, the limit at high fan-out (a yrs transaction walks the doc's
+/// whole state vector, 1000 clients in the one-room runs). Each edit is `abc` typed after the
+/// last character of the update the room saw relayed last (`Tracker::end`), encoded by
+/// `edits::insert`; relayed updates are read only for their id (`edits::relayed_id`), with
+/// a full yrs decode for any other shape (Hocuspocus merges updates).
 async fn latency_client(
     index: usize,
+    room: usize,
     client: Client,
     mut turns: mpsc::Receiver<()>,
     tracker: Arc<Tracker>,
@@ -923,22 +971,18 @@ async fn latency_client(
 ) -> Result<()> {
     let Client { mut ws, wire, doc } = client;
     let me = doc.client_id();
-    let text: TextRef = doc.get_or_insert_text(TEXT_NAME);
+    let mut clock = doc.transact().state_vector().get(&me);
+    drop(doc);
     loop {
         tokio::select! {
             turn = turns.recv() => {
                 if turn.is_none() {
                     break;
                 }
-                // A small real edit: typing three characters at the end of the text.
-                let (id, update) = {
-                    let mut txn = doc.transact_mut();
-                    let clock = txn.state_vector().get(&me);
-                    let end = text.len(&txn);
-                    text.insert(&mut txn, end, "abc");
-                    ((me, clock), txn.encode_update_v1())
-                };
-                tracker.sent(id, index, receivers);
+                let update = edits::insert(me, clock, tracker.end(room), edits::TYPED);
+                let id = (me, clock);
+                clock += edits::TYPED_LEN;
+                tracker.sent(id, index, room, receivers);
                 ws.send(binary(wire.frame(protocol::encode_update(update)))).await?;
             }
             msg = ws.next() => {
@@ -952,6 +996,12 @@ async fn latency_client(
                     Some(Err(e)) => return Err(e).context("connection failed"),
                     None => bail!("server closed a connection"),
                 };
+                if let Some(id) = edits::relayed_id(&frame, wire.address()) {
+                    if id.0 != me {
+                        tracker.delivered(id, index, at);
+                    }
+                    continue;
+                }
                 let update = match wire.decode(&frame)? {
                     FromServer::Update(update) => update,
                     FromServer::Ping => {
@@ -961,24 +1011,90 @@ async fn latency_client(
                     _ => continue,
                 };
                 // A server may merge several clients' updates into one (Hocuspocus does, per
-                // event-loop turn): each client's lowest new clock is its update's id.
-                let ids = update.state_vector_lower();
-                let mut foreign = false;
-                for (&client, &clock) in ids.iter() {
-                    // Our own update relayed back to us (Hocuspocus echoes) is not a delivery.
+                // event-loop turn): each client's lowest new clock is its update's id. Our own
+                // update relayed back to us (Hocuspocus echoes) is not a delivery.
+                for (&client, &clock) in update.state_vector_lower().iter() {
                     if client != me {
-                        foreign = true;
                         tracker.delivered((client, clock), index, at);
                     }
-                }
-                if foreign {
-                    doc.transact_mut().apply_update(update)?;
                 }
             }
         }
     }
     let _ = ws.close(None).await;
     Ok(())
+}
+
+/// The last character of the benchmark edit whose first character is `id`.
+fn last_char(id: (ClientID, u32)) -> (ClientID, u32) {
+    (id.0, id.1 + edits::TYPED_LEN - 1)
+}
+
+/// The latency run's edits as Yjs update bytes, made and read without a yrs doc. The unit
+/// tests check the bytes against what yrs itself encodes for the same edit.
+mod edits {
+    use yrs::encoding::read::{Cursor, Read};
+    use yrs::encoding::write::Write;
+    use yrs::ClientID;
+
+    /// What each edit types, and its length in Yjs clock units (UTF-16 code units).
+    pub const TYPED: &str = "abc";
+    pub const TYPED_LEN: u32 = 3;
+
+    /// Item info: the item has a left origin; content kind 4 is a string.
+    const HAS_ORIGIN: u8 = 0x80;
+    const CONTENT_STRING: u8 = 4;
+
+    /// The v1 update of `client` typing `text` at `clock` into the root text `super::TEXT_NAME`:
+    /// right after the character `after`, or at the start of the text.
+    pub fn insert(client: ClientID, clock: u32, after: Option<(ClientID, u32)>, text: &str) -> Vec<u8> {
+        let mut u = Vec::with_capacity(24 + text.len());
+        u.write_var(1u32); // clients
+        u.write_var(1u32); // structs of that client
+        u.write_var(client.get());
+        u.write_var(clock);
+        match after {
+            Some((origin, origin_clock)) => {
+                u.write_u8(HAS_ORIGIN | CONTENT_STRING);
+                u.write_var(origin.get());
+                u.write_var(origin_clock);
+            }
+            None => {
+                // No origin: the parent is named, a root type.
+                u.write_u8(CONTENT_STRING);
+                u.write_var(1u32);
+                u.write_string(super::TEXT_NAME);
+            }
+        }
+        u.write_string(text);
+        u.write_var(0u32); // delete set: no clients
+        u
+    }
+
+    /// The id (client, clock of its first struct) of a relayed update that holds one client's
+    /// structs, read from a y-protocols Sync/Update message, behind a Hocuspocus `address` if
+    /// given; `None` for any other frame or shape.
+    pub fn relayed_id(frame: &[u8], address: Option<&str>) -> Option<(ClientID, u32)> {
+        let mut c = Cursor::new(frame);
+        if let Some(ours) = address {
+            if c.read_string().ok()? != ours {
+                return None;
+            }
+        }
+        // messageSync (0; Hocuspocus's Sync type is 0 too), then syncUpdate (2).
+        if c.read_var::<u32>().ok()? != 0 || c.read_var::<u32>().ok()? != 2 {
+            return None;
+        }
+        let update = c.read_buf().ok()?;
+        let mut u = Cursor::new(update);
+        if u.read_var::<u32>().ok()? != 1 {
+            return None;
+        }
+        let _structs = u.read_var::<u32>().ok()?;
+        let client = u.read_var::<u64>().ok()?;
+        let clock = u.read_var::<u32>().ok()?;
+        Some((ClientID::new(client), clock))
+    }
 }
 
 async fn latency(args: LatencyArgs) -> Result<()> {
@@ -1000,7 +1116,7 @@ async fn latency(args: LatencyArgs) -> Result<()> {
         let (tx, rx) = mpsc::channel(64);
         let receivers = (members[i % args.rooms].len() - 1) as u32;
         turns.push(tx);
-        clients.push(tokio::spawn(latency_client(i, client, rx, tracker.clone(), receivers)));
+        clients.push(tokio::spawn(latency_client(i, i % args.rooms, client, rx, tracker.clone(), receivers)));
     }
     tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
 
@@ -1085,6 +1201,13 @@ async fn latency(args: LatencyArgs) -> Result<()> {
                 cpu.micros_each(lat.len() as u64),
                 own_cpu.micros_each(lat.len() as u64)
             );
+            if let Some(writes) = cpu.writes {
+                println!(
+                    "latency: server write system calls {writes} ({:.0}/s, {:.2} deliveries each)",
+                    writes as f64 / cpu.wall_secs,
+                    lat.len() as f64 / writes.max(1) as f64
+                );
+            }
         }
         None => println!("latency: server CPU not sampled (give --pid); load generator {own_cpu}"),
     }
@@ -1519,6 +1642,43 @@ mod tests {
         assert_eq!(ids, vec![(Doc::with_client_id(42).client_id(), 0)]);
         // The yjs wire sends the message as it is.
         assert_eq!(Wire::Yjs.frame(y.clone()), y);
+    }
+
+    /// An edit as `edits::insert` encodes it is byte for byte what yrs encodes for the same
+    /// edit: at the start of an empty text, after the client's own text, after another
+    /// client's; and `edits::relayed_id` reads its id back through either wire.
+    #[test]
+    fn the_hand_made_edits_are_what_yrs_encodes() {
+        let (a, b) = (Doc::with_client_id(7), Doc::with_client_id(300));
+        let typed = |doc: &Doc| {
+            let text = doc.get_or_insert_text(TEXT_NAME);
+            let mut txn = doc.transact_mut();
+            let end = text.len(&txn);
+            text.insert(&mut txn, end, edits::TYPED);
+            txn.encode_update_v1()
+        };
+        let first = typed(&a);
+        assert_eq!(first, edits::insert(a.client_id(), 0, None, edits::TYPED));
+        let second = typed(&a);
+        assert_eq!(second, edits::insert(a.client_id(), 3, Some((a.client_id(), 2)), edits::TYPED));
+        for u in [&first, &second] {
+            b.transact_mut().apply_update(Update::decode_v1(u).unwrap()).unwrap();
+        }
+        let third = typed(&b);
+        assert_eq!(third, edits::insert(b.client_id(), 0, Some((a.client_id(), 5)), edits::TYPED));
+        a.transact_mut().apply_update(Update::decode_v1(&third).unwrap()).unwrap();
+        assert_eq!(a.get_or_insert_text(TEXT_NAME).get_string(&a.transact()), "abcabcabc");
+
+        let y = protocol::encode_update(third.clone());
+        assert_eq!(edits::relayed_id(&y, None), Some((b.client_id(), 0)));
+        let (w, _) = wire("ré");
+        assert_eq!(edits::relayed_id(&w.frame(y.clone()), w.address()), Some((b.client_id(), 0)));
+        // Another document's frame, a merged update of two clients, and a handshake are not
+        // read by the fast path.
+        assert_eq!(edits::relayed_id(&w.frame(y.clone()), Some("re")), None);
+        let merged = Update::merge_updates([Update::decode_v1(&first).unwrap(), Update::decode_v1(&third).unwrap()]);
+        assert_eq!(edits::relayed_id(&protocol::encode_update(merged.encode_v1()), None), None);
+        assert_eq!(edits::relayed_id(&protocol::encode_sync_step2(first.clone()), None), None);
     }
 
     #[test]
