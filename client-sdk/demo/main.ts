@@ -1,8 +1,10 @@
 // The yserve demo editor, served by `yserve serve` at `/` (built into ../../src/demo/ by
 // `npm run build:demo`). One document (`?doc=NAME`, default `demo`; `?token=JWT` when the
-// server wants one), one root text (`ydoc.getText('text')`), edited in two panels: CodeMirror 6
-// over Yjs (sync and undo from y-codemirror.next, remote cursors and selections from the
-// SDK's `Presence`, drawn by ./remote-cursors.ts) and a plain <textarea> over the OT client.
+// server wants one), in three panels. Two edit its root text (`ydoc.getText('text')`):
+// CodeMirror 6 over Yjs (sync and undo from y-codemirror.next, remote cursors and selections
+// from the SDK's `Presence`, drawn by ./remote-cursors.ts) and a plain <textarea> over the OT
+// client. The third, ProseMirror over the stock `@hocuspocus/provider` (./prosemirror.ts),
+// edits the same document's root `Y.XmlFragment` `prosemirror`: a root name holds one type.
 import './style.css'
 import { EditorView, keymap, lineNumbers, highlightActiveLine, highlightActiveLineGutter, highlightSpecialChars, drawSelection, placeholder } from '@codemirror/view'
 import { EditorState } from '@codemirror/state'
@@ -11,6 +13,7 @@ import { yCollab, yUndoManagerKeymap, ySyncAnnotation } from 'y-codemirror.next'
 import { Y, YserveProvider, Presence, OtClient, type Peer } from '../src/index.js'
 import { bindTextarea } from './textarea'
 import { remoteCursors } from './remote-cursors'
+import { prosemirrorPanel, PROSEMIRROR_ROOT, EDITOR_FIELD, EDITOR_NAME } from './prosemirror'
 
 /** The root `Y.Text` both panels edit: `ydoc.getText(ROOT)`, and OT text id `ROOT`. */
 const ROOT = 'text'
@@ -67,6 +70,7 @@ const onUserEdit = () => {
   user = { name: nameInput.value.trim().slice(0, 40) || 'Anonymous', color: colorInput.value }
   saveUser(user)
   presence.setUser(withLight(user))
+  pm.setUser(user)
 }
 nameInput.addEventListener('input', onUserEdit)
 colorInput.addEventListener('input', onUserEdit)
@@ -104,8 +108,9 @@ renderStatus()
 // page follows the browser's own signal: the Yjs panel disconnects at once, counts what it
 // has not sent, and reconnects when the network is back. (The OT client has no pause; its
 // socket's frames wait with it, and it reconnects by itself if the socket drops.)
-window.addEventListener('offline', () => { provider.disconnect(); renderStatus(); renderOtStatus() })
-window.addEventListener('online', () => { provider.connect(); renderStatus(); renderOtStatus() })
+// The ProseMirror panel's provider likewise.
+window.addEventListener('offline', () => { provider.disconnect(); pm.pause(); renderStatus(); renderOtStatus(); renderPmStatus() })
+window.addEventListener('online', () => { provider.connect(); pm.resume(); renderStatus(); renderOtStatus(); renderPmStatus() })
 
 // --- CodeMirror over Yjs -------------------------------------------------------------------
 
@@ -163,11 +168,14 @@ function peerItem (clientId: number, user: { name: string, color: string }, typi
   return li
 }
 
-// `subscribe` reports the others; this page's own entry comes from its local state.
+// `subscribe` reports the others; this page's own entry comes from its local state. The
+// ProseMirror panels' awareness states (this page's one too) reach the y-websocket provider
+// as well, under their own client ids: a person is listed once, by their page's Yjs client.
+const isPanelPeer = (clientId: number) => provider.awareness.getStates().get(clientId)?.[EDITOR_FIELD] === EDITOR_NAME
 presence.subscribe(ytext, (peers: Peer[]) => {
   const local = provider.awareness.getLocalState()
   const others = peers
-    .filter(p => p.user !== null)
+    .filter(p => p.user !== null && !isPanelPeer(p.clientId))
     .sort((a, b) => a.user!.name.localeCompare(b.user!.name) || a.clientId - b.clientId)
   presenceEl.replaceChildren(
     peerItem(ydoc.clientID, user, local?.typing === true, true),
@@ -207,6 +215,36 @@ ot.openText(docName, ROOT).then(text => {
   renderOtStatus()
 })
 
+// --- The ProseMirror panel: rich text over the stock Hocuspocus provider --------------------
+
+$('pm-root-name').textContent = PROSEMIRROR_ROOT
+const pmStatus = $('pm-status')
+const pmUnsynced = $('pm-unsynced')
+
+function renderPmStatus () {
+  const state = pm.state()
+  pmStatus.dataset.status = state
+  pmStatus.textContent = state === 'refused'
+    ? `refused: ${pm.refusal()}`
+    : { connected: 'connected', syncing: 'syncing…', connecting: 'connecting…', disconnected: 'disconnected', offline: 'offline' }[state]
+  // The provider's own count: updates sent and not yet answered by SyncStatus, which yserve
+  // sends only once the update is committed.
+  const unsynced = pm.provider.unsyncedChanges
+  pmUnsynced.dataset.unsynced = String(unsynced)
+  pmUnsynced.textContent = unsynced === 0 ? 'all changes saved' : `${unsynced} unsynced change${unsynced === 1 ? '' : 's'}`
+}
+
+const pm = prosemirrorPanel({
+  serverBase: serverUrl,
+  docName,
+  token,
+  user,
+  parent: $('pm-editor'),
+  onLocalEdit: () => presence.setTyping(),
+  onChange: () => renderPmStatus()
+})
+renderPmStatus()
+
 function errorText (e: unknown) {
   return e instanceof Error ? e.message : typeof e === 'object' && e && 'message' in e ? String((e as any).message) : String(e)
 }
@@ -218,4 +256,4 @@ function serverBase () {
 }
 
 // For debugging in the console and for the browser test; not an API.
-Object.assign(window, { yserveDemo: { ydoc, ytext, provider, presence, view, ot, root: ROOT } })
+Object.assign(window, { yserveDemo: { ydoc, ytext, provider, presence, view, ot, root: ROOT, pm } })

@@ -3,7 +3,9 @@
 // connections) type at once and converge, see each other's cursor, selection, name and
 // typing, one goes offline and reconciles, an edit typed offline with `?offline=1` survives
 // closing the tab (y-indexeddb), the OT <textarea> shows and edits the same text (CRLF line
-// ends and embeds included).
+// ends and embeds included), and the ProseMirror panel (the stock @hocuspocus/provider, on
+// the document's Y.XmlFragment `prosemirror`) converges, commits before it counts a change
+// as synced, survives a server crash, and is what a y-websocket client sees.
 // No page may log an error. Screenshots go to artifacts/browser/.
 //
 // Run: `npm test` here, after `./setup.sh` and `cargo build --release` (or set YSERVE_BIN).
@@ -12,7 +14,10 @@
 import { execFileSync } from 'node:child_process'
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { Server, binaryPath, launchBrowser, openDemo, waitForText, focusEditor, editorText, textareaText, screenshot, TIMEOUT_MS } from './harness.mjs'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+import { Server, binaryPath, launchBrowser, openDemo, waitForText, focusEditor, editorText, textareaText, screenshot, TIMEOUT_MS, waitForPm, focusPm } from './harness.mjs'
 
 let server
 let browser
@@ -377,7 +382,7 @@ test('?doc= picks the document, and a late joiner gets its text', async () => {
   })
 }, { timeout: TIMEOUT_MS * 4 })
 
-test('with JWT auth on, ?token= reaches both clients', async () => {
+test('with JWT auth on, ?token= reaches all three clients', async () => {
   const secret = 'browser-test-secret-browser-test-secret'
   const authed = await new Server(['--jwt-secret', secret]).start()
   try {
@@ -393,8 +398,12 @@ test('with JWT auth on, ?token= reaches both clients', async () => {
       await alice.page.keyboard.type('!')
       await waitForText(alice.page, 'written with a token!', 'the textarea, through Yjs too')
       await alice.page.waitForFunction(() => document.getElementById('unsynced').dataset.unsynced === '0')
+      // The Hocuspocus provider sends it as its token: the ProseMirror panel writes too.
+      await focusPm(alice.page, 'end')
+      await alice.page.keyboard.type('rich, with a token')
+      await alice.page.waitForFunction(() => document.getElementById('pm-unsynced').dataset.unsynced === '0')
       const response = await fetch(`${authed.http}/api/docs/team%2Fnotes/json`, { headers: { Authorization: `Bearer ${token}` } })
-      assert.equal((await response.json()).text, 'written with a token!')
+      assert.deepEqual(await response.json(), { text: 'written with a token!', prosemirror: '<paragraph>rich, with a token</paragraph>' })
       assert.deepEqual(alice.errors, [])
     } finally {
       await alice.context.close()
@@ -403,3 +412,177 @@ test('with JWT auth on, ?token= reaches both clients', async () => {
     assert.equal(await authed.stop(), 0, authed.stderr)
   }
 })
+
+// --- The ProseMirror panel: the stock Hocuspocus provider on the Y.XmlFragment `prosemirror` ---
+
+const pmUnsyncedOf = page => page.$eval('#pm-unsynced', el => Number(el.dataset.unsynced))
+const pmStatusOf = page => page.$eval('#pm-status', el => el.dataset.status)
+
+/** The document as REST's `/json` renders it (`prosemirror`: the fragment's XML). */
+async function restJson (srv, doc) {
+  const r = await fetch(`${srv.http}/api/docs/${encodeURIComponent(doc)}/json`)
+  if (r.status !== 200) assert.fail(`GET /json of ${doc} answered ${r.status}: ${await r.text()}`)
+  return r.json()
+}
+
+/** Waits until REST's `/json` of `doc` has `xml` as its `prosemirror` root. */
+async function waitForRestXml (srv, doc, xml) {
+  const deadline = Date.now() + TIMEOUT_MS
+  let seen
+  while (Date.now() < deadline) {
+    seen = await restJson(srv, doc)
+    if (seen.prosemirror === xml) return
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  assert.equal(seen.prosemirror, xml, `the server's prosemirror root of ${doc}: ${JSON.stringify(seen)}`)
+}
+
+/** A y-websocket client in Node on `doc`, synced. */
+async function yWebsocketClient (srv, doc) {
+  const ydoc = new Y.Doc()
+  const provider = new WebsocketProvider(srv.url, doc, ydoc, { WebSocketPolyfill: WebSocket, disableBc: true })
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`y-websocket did not sync ${doc}`)), TIMEOUT_MS)
+    provider.on('sync', synced => { if (synced) { clearTimeout(timer); resolve() } })
+  })
+  return { ydoc, provider, close: () => { provider.destroy(); ydoc.destroy() } }
+}
+
+test('two people typing in the ProseMirror panel converge, and see each other\'s caret and name', async () => {
+  await withPeople('rich', ['Alice', 'Bob'], async (alice, bob) => {
+    // The panels' own awareness states do not list anyone twice.
+    await waitForPeers(alice.page, 'Alice', ['Bob'])
+    await waitForPeers(bob.page, 'Bob', ['Alice'])
+
+    await focusPm(alice.page, 'end')
+    await alice.page.keyboard.type('shared paragraph')
+    await waitForPm(bob.page, { text: 'shared paragraph', xml: '<paragraph>shared paragraph</paragraph>' }, 'Bob after Alice\'s first words')
+
+    // Alice appends at the end while Bob prepends at the start, at the same time; typing
+    // there shows in the presence list too.
+    await focusPm(alice.page, 'end')
+    await focusPm(bob.page, 'start')
+    const bobSeesAliceTyping = seesTyping(bob.page, 'Alice')
+    await Promise.all([
+      alice.page.keyboard.type(' + Alice', { delay: 15 }),
+      bob.page.keyboard.type('Bob + ', { delay: 15 })
+    ])
+    const line = 'Bob + shared paragraph + Alice'
+    await waitForPm(alice.page, { text: line }, 'Alice after typing at once')
+    await waitForPm(bob.page, { text: line }, 'Bob after typing at once')
+    await bobSeesAliceTyping
+
+    // Rich text: a new paragraph with a bold word, the same structure on both sides.
+    await alice.page.keyboard.press('Enter')
+    await alice.page.keyboard.type('then ')
+    await alice.page.keyboard.press('Control+b')
+    await alice.page.keyboard.type('bold')
+    const xml = `<paragraph>${line}</paragraph><paragraph>then <strong>bold</strong></paragraph>`
+    await waitForPm(alice.page, { text: `${line}\nthen bold`, xml }, 'Alice after her bold word')
+    await waitForPm(bob.page, { text: `${line}\nthen bold`, xml }, 'Bob after Alice\'s bold word')
+    assert.equal(await bob.page.$eval('#pm-editor .ProseMirror strong', el => el.textContent), 'bold')
+
+    // Each sees the other's caret, labelled with the name, in the other's colour.
+    for (const [viewer, other] of [[bob, alice], [alice, bob]]) {
+      await viewer.page.waitForFunction(([name, color]) => {
+        const probe = document.createElement('span')
+        probe.style.color = color
+        return [...document.querySelectorAll('#pm-editor .ProseMirror-yjs-cursor')].some(caret =>
+          caret.textContent.replace(/\u2060/g, '') === name && caret.style.borderColor === probe.style.color)
+      }, [other.name, await colorOf(other.page)])
+    }
+
+    // The other panels edit another root, untouched; both counters reach 0.
+    for (const p of [alice, bob]) {
+      assert.equal(await editorText(p.page), '', `${p.name}'s text panels`)
+      assert.equal(await pmStatusOf(p.page), 'connected')
+      await p.page.waitForFunction(() => document.getElementById('pm-unsynced').dataset.unsynced === '0')
+    }
+    await waitForRestXml(server, 'rich', xml)
+    await screenshot(alice.page, 'prosemirror-alice.png')
+    await screenshot(bob.page, 'prosemirror-bob.png')
+  })
+})
+
+test('the ProseMirror panel counts what the server has not committed, and 0 means committed', async () => {
+  await withPeople('rich-unsynced', ['Alice'], async alice => {
+    assert.equal(await pmUnsyncedOf(alice.page), 0)
+    await alice.context.setOffline(true)
+    await alice.page.waitForFunction(() => document.getElementById('pm-status').dataset.status === 'offline')
+    await focusPm(alice.page, 'end')
+    await alice.page.keyboard.type('typed offline')
+    // One Yjs update per keystroke, each counted; none reached the server.
+    assert.equal(await pmUnsyncedOf(alice.page), 'typed offline'.length)
+    assert.match(await alice.page.textContent('#pm-unsynced'), /^13 unsynced changes$/)
+    assert.equal((await restJson(server, 'rich-unsynced')).prosemirror, undefined)
+
+    await alice.context.setOffline(false)
+    await alice.page.waitForFunction(() => document.getElementById('pm-status').dataset.status === 'connected')
+    await alice.page.waitForFunction(() => document.getElementById('pm-unsynced').dataset.unsynced === '0')
+    // At once, no polling: the counter reached 0 only after the server committed the edits.
+    assert.equal((await restJson(server, 'rich-unsynced')).prosemirror, '<paragraph>typed offline</paragraph>')
+    assert.equal(await alice.page.textContent('#pm-unsynced'), 'all changes saved')
+  })
+})
+
+test('text typed in the ProseMirror panel is committed, survives a crash of the server, and is the XmlFragment y-websocket clients see', async () => {
+  const doc = 'rich/durable'
+  const srv = await new Server().start()
+  try {
+    const alice = await openDemo(browser, srv, { doc, name: 'Alice' })
+    try {
+      await focusPm(alice.page, 'end')
+      await alice.page.keyboard.type('committed rich text')
+      await alice.page.waitForFunction(() => document.getElementById('pm-unsynced').dataset.unsynced === '0')
+      assert.deepEqual(alice.errors, [])
+    } finally {
+      await alice.context.close()
+    }
+    const xml = '<paragraph>committed rich text</paragraph>'
+    assert.equal((await restJson(srv, doc)).prosemirror, xml)
+
+    // SIGKILL: no shutdown flush. What the panel counted as synced was on disk already.
+    await srv.restart({ kill: true })
+    assert.deepEqual(await restJson(srv, doc), { prosemirror: xml }, 'REST after the crash')
+
+    // A y-websocket client sees the same Y.XmlFragment, and what it writes there shows in
+    // the ProseMirror panel of a page opened after the restart.
+    const node = await yWebsocketClient(srv, doc)
+    try {
+      const fragment = node.ydoc.getXmlFragment('prosemirror')
+      assert.equal(fragment.toString(), xml)
+      assert.equal(fragment.get(0).nodeName, 'paragraph')
+      const bob = await openDemo(browser, srv, { doc, name: 'Bob' })
+      try {
+        await waitForPm(bob.page, { text: 'committed rich text', xml }, 'Bob after the restart')
+        const paragraph = new Y.XmlElement('paragraph')
+        paragraph.insert(0, [new Y.XmlText('written by y-websocket')])
+        fragment.insert(1, [paragraph])
+        const both = `${xml}<paragraph>written by y-websocket</paragraph>`
+        await waitForPm(bob.page, { text: 'committed rich text\nwritten by y-websocket', xml: both }, 'Bob after the y-websocket client wrote')
+        // And the other way: Bob's next words reach the Node client.
+        await focusPm(bob.page, 'end')
+        await bob.page.keyboard.type('!')
+        await waitFor(() => fragment.toString() === `${xml}<paragraph>written by y-websocket!</paragraph>`, () => fragment.toString())
+        await bob.page.waitForFunction(() => document.getElementById('pm-unsynced').dataset.unsynced === '0')
+        assert.equal((await restJson(srv, doc)).prosemirror, `${xml}<paragraph>written by y-websocket!</paragraph>`)
+        assert.deepEqual(bob.errors, [])
+      } finally {
+        await bob.context.close()
+      }
+    } finally {
+      node.close()
+    }
+  } finally {
+    assert.equal(await srv.stop(), 0, srv.stderr)
+  }
+})
+
+/** Waits until `check()` holds; `seen()` says what was there instead. */
+async function waitFor (check, seen) {
+  const deadline = Date.now() + TIMEOUT_MS
+  while (!check()) {
+    assert.ok(Date.now() < deadline, `timed out; saw ${JSON.stringify(seen())}`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}

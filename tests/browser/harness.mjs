@@ -21,6 +21,13 @@ export class Server extends BaseServer {
     await this.dispose()
     return code
   }
+
+  /** Keeps the database and the port (not `stop()`'s); `kill`: SIGKILL, no clean shutdown. */
+  async restart ({ kill = false } = {}) {
+    if (kill) await this.kill9()
+    else await super.stop()
+    return this.start()
+  }
 }
 
 /**
@@ -72,9 +79,11 @@ export async function openDemo (browser, server, { doc, name, token, offline = f
   const query = new URLSearchParams({ doc, ...(token ? { token } : {}), ...(offline ? { offline: '1' } : {}) })
   const response = await page.goto(`${server.http}/?${query}`)
   if (!response.ok()) throw new Error(`GET / answered ${response.status()}`)
-  // Both panels connected: the Yjs provider synced and the OT text open.
+  // Every panel connected: the Yjs provider synced, the OT text open, the Hocuspocus
+  // provider of the ProseMirror panel authenticated and synced.
   await page.waitForFunction(() => document.getElementById('status').dataset.status === 'connected')
   await page.waitForFunction(() => !document.getElementById('ot-text').disabled)
+  await page.waitForFunction(() => document.getElementById('pm-status').dataset.status === 'connected')
   // Known names, typed into the page's own name field (so that field is tested too).
   await page.fill('#user-name', name)
   return { context, page, errors, name }
@@ -101,6 +110,48 @@ export async function waitForText (page, expected, what = 'text') {
     }))
     throw new Error(`${what}: expected ${JSON.stringify(expected)} everywhere, saw ${JSON.stringify(seen)}\n${e.message}`)
   }
+}
+
+/**
+ * The ProseMirror panel's content: `xml`, its `Y.XmlFragment` as `toString()` writes it
+ * (the form REST's `/json` shows), and `text`, the editor's own text (paragraphs joined by
+ * `\n`).
+ */
+export const pmContent = page => page.evaluate(() => {
+  const { pm } = window.yserveDemo
+  const doc = pm.view.state.doc
+  return { xml: pm.fragment.toString(), text: doc.textBetween(0, doc.content.size, '\n') }
+})
+
+/**
+ * Waits until the ProseMirror panel of `page` shows `text` (paragraphs joined by `\n`) and,
+ * if given, its `Y.XmlFragment` is `xml`.
+ */
+export async function waitForPm (page, { text, xml }, what = 'the ProseMirror panel') {
+  try {
+    await page.waitForFunction(([text, xml]) => {
+      const { pm } = window.yserveDemo
+      const doc = pm.view.state.doc
+      return doc.textBetween(0, doc.content.size, '\n') === text && (xml === null || pm.fragment.toString() === xml)
+    }, [text, xml ?? null])
+  } catch (e) {
+    throw new Error(`${what}: expected ${JSON.stringify({ text, xml })}, saw ${JSON.stringify(await pmContent(page))}\n${e.message}`)
+  }
+}
+
+/**
+ * Moves the ProseMirror cursor to the start or the end of its document (of paragraphs), and
+ * waits until ProseMirror has read it: it reads the DOM selection a moment after a key, and
+ * a remote change arriving meanwhile puts the old one back.
+ */
+export async function focusPm (page, where) {
+  await page.click('#pm-editor .ProseMirror')
+  await page.keyboard.press(where === 'start' ? 'Control+Home' : 'Control+End')
+  await page.waitForFunction(where => {
+    const { state } = window.yserveDemo.pm.view
+    const at = where === 'start' ? 1 : state.doc.content.size - 1
+    return state.selection.empty && state.selection.head === at
+  }, where)
 }
 
 /** Moves the CodeMirror cursor to the start or the end of the text. */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the browser test needs: Debian's chromium (playwright's own browser download
 # does not work on these machines, so `npx playwright install` is never used) and the npm
-# packages (playwright-core only). Idempotent; run before `npm test`.
+# packages (playwright-core; yjs, y-websocket and ws for the Node client some tests use).
+# Idempotent; run before `npm test`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
