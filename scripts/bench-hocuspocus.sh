@@ -6,11 +6,16 @@
 #     when this build speaks it (probed once; YSERVE_HOCUSPOCUS=on|off overrides);
 #   - yserve over y-websocket (this build; a fresh database per run);
 #   - Hocuspocus 4 (@hocuspocus/server, no extensions: it stores nothing) over its protocol,
-#     a fresh Node process per run.
+#     a fresh Node process per run;
+#   - y-websocket-server (@y/websocket-server, stores nothing) when SERVERS names it
+#     (`ywsserver`), a fresh Node process per run.
+# SERVERS (default: every server above but ywsserver) picks and orders them.
 # Scenarios:
-#   light    latency --conns 1000 --rooms 100 --rate 500
-#   fanout   latency --conns 500 --rooms 1 --rate 100    (50,000 deliveries/s)
-#   idle     idle --conns 1000 --rooms 100                (KiB of server RSS per connection)
+#   light      latency --conns 1000 --rooms 100 --rate 500
+#   fanout     latency --conns 500 --rooms 1 --rate 100    (50,000 deliveries/s)
+#   fanout200  latency --conns 1000 --rooms 1 --rate 200   (200,000 deliveries/s)
+#   idle       idle --conns 1000 --rooms 100                (KiB of server RSS per connection)
+#   idle10k    idle --conns 10000 --rooms 1000
 # The server order rotates from round to round. Loopback only; every run is bounded by --secs
 # (and the generator's own timeouts).
 #
@@ -33,7 +38,13 @@ if [ ! -f "$peers/node_modules/@hocuspocus/server/package.json" ]; then
   (cd "$peers" && npm init -y >/dev/null &&
     npm install --no-audit --no-fund --loglevel=error @hocuspocus/server@4.7.0 yjs@13.6.33 y-protocols@1.0.7)
 fi
-ulimit -n 4096 2>/dev/null || true
+ywspeers=target/peers/y-websocket-server
+if [[ " ${SERVERS:-} " == *" ywsserver "* ]] && [ ! -f "$ywspeers/node_modules/@y/websocket-server/src/server.js" ]; then
+  mkdir -p "$ywspeers"
+  (cd "$ywspeers" && npm init -y >/dev/null &&
+    npm install --no-audit --no-fund --loglevel=error @y/websocket-server@0.1.1 yjs@13.6.33)
+fi
+ulimit -n 32768 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 
 loadgen=target/release/yserve-loadgen
 logs=target/bench-hocuspocus/$(date -u +%Y%m%dT%H%M%S)
@@ -52,14 +63,23 @@ if [ "$hocus" = auto ]; then
   fi
 fi
 servers=()
-[ "$hocus" = on ] && servers+=(yserve-hocuspocus)
-servers+=(yserve-yjs hocuspocus4)
+if [ -n "${SERVERS:-}" ]; then
+  for s in $SERVERS; do
+    [ "$s" = yserve-hocuspocus ] && [ "$hocus" != on ] && continue
+    servers+=("$s")
+  done
+else
+  [ "$hocus" = on ] && servers+=(yserve-hocuspocus)
+  servers+=(yserve-yjs hocuspocus4)
+fi
 
 scenario_args() {
   case $1 in
     light) echo "latency --conns 1000 --rooms 100 --rate 500 --secs $secs" ;;
     fanout) echo "latency --conns 500 --rooms 1 --rate 100 --secs $secs" ;;
+    fanout200) echo "latency --conns 1000 --rooms 1 --rate 200 --secs $secs" ;;
     idle) echo "idle --conns 1000 --rooms 100" ;;
+    idle10k) echo "idle --conns 10000 --rooms 1000" ;;
     *) echo "unknown scenario $1" >&2; exit 2 ;;
   esac
 }
@@ -77,7 +97,8 @@ summary() {
     cpu=$(sed -n 's/^latency: server CPU \([0-9.]*\) % of one core.*/\1 %/p' "$out")
     gen=$(sed -n 's/.*; load generator \([0-9.]*\) % of one core.*/\1 %/p' "$out")
     per=$(sed -n 's/^latency: server CPU per delivered update \([0-9.]*\) us.*/\1 us/p' "$out")
-    echo "delivered $delivered, p50 $p50 ms, p99 $p99 ms, server CPU $cpu, $per/delivery, generator $gen"
+    writes=$(sed -n 's/^latency: server write system calls .*, \([0-9.]*\) deliveries each.*/\1/p' "$out")
+    echo "delivered $delivered, p50 $p50 ms, p99 $p99 ms, server CPU $cpu, $per/delivery, ${writes:-?} deliveries/write, generator $gen"
   else
     echo "FAILED: $(grep -v '^ ' "$out" | grep -iE 'error|failed|closed|lost' | head -2 | tr '\n' ' ')"
   fi
@@ -100,6 +121,14 @@ run() {
       done
       "$loadgen" $(scenario_args "$scenario") --protocol hocuspocus --url "ws://127.0.0.1:$port" --pid "$peer" \
         >"$out" 2>&1 || true
+      kill "$peer"
+      wait "$peer" 2>/dev/null || true
+      ;;
+    ywsserver)
+      HOST=127.0.0.1 PORT=$port node "$ywspeers/node_modules/@y/websocket-server/src/server.js" >"$logs/ywsserver.log" 2>&1 &
+      local peer=$!
+      sleep 1
+      "$loadgen" $(scenario_args "$scenario") --url "ws://127.0.0.1:$port" --pid "$peer" >"$out" 2>&1 || true
       kill "$peer"
       wait "$peer" 2>/dev/null || true
       ;;
