@@ -119,6 +119,10 @@ struct TargetArgs {
     /// server never hands old content to a new run.
     #[arg(long)]
     room_prefix: Option<String>,
+    /// Run the spawned server on a PostgreSQL server (`postgres://USER@HOST:PORT/DB`), in a
+    /// fresh database created on it for the run, instead of a SQLite file.
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 /// The client protocols the generator speaks.
@@ -213,6 +217,10 @@ struct IngestArgs {
     /// Most appends per transaction (the server's `--store-batch-max`).
     #[arg(long, default_value_t = 4096)]
     batch_max: usize,
+    /// A PostgreSQL server (`postgres://USER@HOST:PORT/DB`) to run on, in a fresh database
+    /// created on it for the run, instead of a SQLite file in a temporary directory.
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -534,13 +542,11 @@ impl Target {
             });
         }
         let dir = TempDir::new("db")?;
-        let server = ServerProcess::spawn(
-            &args.server_bin,
-            &dir.0.join("yserve.db"),
-            &args.server_args,
-            &[],
-            args.commit_times,
-        )?;
+        let db = match &args.postgres {
+            Some(server) => PathBuf::from(yserve::store::postgres::fresh_database(server)?),
+            None => dir.0.join("yserve.db"),
+        };
+        let server = ServerProcess::spawn(&args.server_bin, &db, &args.server_args, &[], args.commit_times)?;
         eprintln!("spawned {} (pid {}) at {}", args.server_bin.display(), server.pid(), server.url());
         Ok(Target {
             url: server.url(),
@@ -1528,8 +1534,12 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let payload_bytes: usize = payloads.iter().map(Vec::len).sum();
 
     let dir = TempDir::new("ingest")?;
-    let config =
-        Config { db: dir.0.join("ingest.db"), sync: args.sync, store_batch_max: args.batch_max, ..Config::default() };
+    let db = match &args.postgres {
+        Some(server) => PathBuf::from(yserve::store::postgres::fresh_database(server)?),
+        None => dir.0.join("ingest.db"),
+    };
+    println!("ingest: store {}", if args.postgres.is_some() { "PostgreSQL (a fresh database)" } else { "SQLite" });
+    let config = Config { db, sync: args.sync, store_batch_max: args.batch_max, ..Config::default() };
     let store = Store::open(&yserve::app::store_settings(&config))?;
     let names: Vec<Arc<str>> = (0..args.docs).map(|d| Arc::from(format!("ingest-{d}"))).collect();
     let origin: Arc<str> = Arc::from("bench");
