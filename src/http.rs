@@ -313,6 +313,9 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
     let ws_config = ws_config(&state.config);
     let queue_bytes_max = state.config.outbound_queue_bytes_max;
     let guard = state.sessions.enter();
+    // Each protocol's session future is boxed: the task holds the largest of its states for
+    // its whole life, so unboxed a y-websocket connection would pay for the OT session's
+    // (6 KiB per connection, measured with -Zprint-type-sizes; BENCHMARKS, idle memory).
     tokio::spawn(async move {
         let _guard = guard;
         let upgraded = match on_upgrade.await {
@@ -345,7 +348,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     access,
                     settings: crate::app::session_settings(&state.config),
                 };
-                session::yjs::run(ws, state.registry.clone(), params).instrument(span).await;
+                Box::pin(session::yjs::run(ws, state.registry.clone(), params).instrument(span)).await;
             }
             (Target::Hocuspocus, _) => {
                 let span = tracing::info_span!("hocuspocus_session", conn = conn.get());
@@ -360,7 +363,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     now_unix,
                     settings: crate::app::hocuspocus_settings(&state.config),
                 };
-                session::hocuspocus::run(ws, state.registry.clone(), params).instrument(span).await;
+                Box::pin(session::hocuspocus::run(ws, state.registry.clone(), params).instrument(span)).await;
             }
             (_, _) => {
                 let span = tracing::info_span!("ot_session", conn = conn.get(), user = %identity.user);
@@ -371,7 +374,7 @@ fn upgrade(request: Upgrade<'_>, on_upgrade: Option<OnUpgrade>, state: Arc<AppSt
                     settings: crate::app::ot_session_settings(&state.config),
                     presence: state.ot_presence.clone(),
                 };
-                session::ot::run(ws, state.registry.clone(), params).instrument(span).await;
+                Box::pin(session::ot::run(ws, state.registry.clone(), params).instrument(span)).await;
             }
         }
     });
