@@ -520,28 +520,6 @@ impl Worker {
             // Ids learnt inside a rolled-back transaction may be stale.
             self.ids.clear();
         }
-        // Committed relays go out first, all of them before any ack, so whatever a document
-        // parked behind a ticket follows that ticket's relay on the wire. A document's
-        // several updates of one batch leave for each connection in one write.
-        let mut relays: Vec<(Arc<str>, Vec<Relay>)> = Vec::new();
-        for p in &mut pending {
-            let Pending::Append(ack, relay, name, refused) = p else { continue };
-            // Not after an earlier commit of the document failed either: the document may
-            // have issued more before it heard of the failure.
-            let failed_before = matches!(&*ack, Ack::Ticket(commits, _) if commits.committed().is_err());
-            if result.is_err() || refused.is_some() || failed_before {
-                continue;
-            }
-            if let Some(relay) = relay.take() {
-                match relays.iter_mut().find(|(doc, _)| doc == name) {
-                    Some((_, of_doc)) => of_doc.push(relay),
-                    None => relays.push((name.clone(), vec![relay])),
-                }
-            }
-        }
-        for (doc, of_doc) in relays {
-            relay_committed(&doc, of_doc);
-        }
         for p in pending {
             match p {
                 Pending::Load(reply, r) => {
@@ -550,11 +528,19 @@ impl Worker {
                         Err(e) => Err(e.clone()),
                     });
                 }
-                Pending::Append(ack, _, _, refused) => {
+                Pending::Append(ack, relay, name, refused) => {
                     let result = match refused {
                         Some(e) => Err(e),
                         None => result.clone(),
                     };
+                    // Committed: the relay goes out before the ack, so whatever its document
+                    // parked behind this ticket follows it on the wire.
+                    // Not after an earlier commit of the document failed either: the document
+                    // may have issued more before it heard of the failure.
+                    let failed_before = matches!(&ack, Ack::Ticket(commits, _) if commits.committed().is_err());
+                    if let (Ok(()), Some(relay), false) = (&result, relay, failed_before) {
+                        relay_committed(&name, relay);
+                    }
                     match ack {
                         Ack::Oneshot(reply) => {
                             let _ = reply.send(result.clone());
@@ -684,37 +670,12 @@ impl Worker {
     }
 }
 
-/// Writes a document's committed update frames to the connections they are for (never
-/// blocking: see `outbox`), each connection's frames in one write. A connection too slow to
-/// take them is closed with 1013 by its outbox.
-fn relay_committed(doc: &str, relays: Vec<Relay>) {
-    let overflowed = |conn: crate::conn::ConnId| {
-        tracing::warn!(conn = conn.get(), doc, "refused: slow consumer, outbound queue full (1013)");
-    };
-    if let [relay] = &relays[..] {
-        for (conn, peer) in &relay.to {
-            if peer.send(relay.frame.clone()) == Err(crate::outbox::SendError::Overflow) {
-                overflowed(*conn);
-            }
-        }
-        return;
-    }
-    let mut index: HashMap<crate::conn::ConnId, usize> = HashMap::new();
-    let mut each: Vec<(crate::conn::ConnId, crate::outbox::OutboxPeer, Vec<bytes::Bytes>)> = Vec::new();
-    for relay in relays {
-        for (conn, peer) in relay.to {
-            match index.get(&conn) {
-                Some(&i) => each[i].2.push(relay.frame.clone()),
-                None => {
-                    index.insert(conn, each.len());
-                    each.push((conn, peer, vec![relay.frame.clone()]));
-                }
-            }
-        }
-    }
-    for (conn, peer, frames) in each {
-        if peer.send_all(&frames) == Err(crate::outbox::SendError::Overflow) {
-            overflowed(conn);
+/// Writes a committed update's frame to the connections of its document (never blocking: see
+/// `outbox`). A connection too slow to take it is closed with 1013 by its outbox.
+fn relay_committed(doc: &str, relay: Relay) {
+    for (conn, peer) in relay.to {
+        if peer.send(relay.frame.clone()) == Err(crate::outbox::SendError::Overflow) {
+            tracing::warn!(conn = conn.get(), doc, "refused: slow consumer, outbound queue full (1013)");
         }
     }
 }

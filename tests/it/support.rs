@@ -126,6 +126,13 @@ impl Drop for TestServer {
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            // YSERVE_TEST_KEEP_LOGS=DIR keeps the whole log of a failed test there.
+            if let Some(dir) = std::env::var_os("YSERVE_TEST_KEEP_LOGS") {
+                let to = PathBuf::from(dir).join(format!("server-{}-{}.log", std::process::id(), self.port));
+                if std::fs::copy(self.log_path(), &to).is_ok() {
+                    eprintln!("--- whole server log kept in {} ---", to.display());
+                }
+            }
             eprintln!("--- server log (last 60 lines) ---");
             for line in tail.iter().rev() {
                 eprintln!("{line}");
