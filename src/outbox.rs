@@ -50,9 +50,6 @@ const PING: [u8; 2] = [0x89, 0x00];
 /// Slices written per `writev` when draining the backlog.
 const DRAIN_SLICES_MAX: usize = 64;
 
-/// Frames (three slices each: header, prefix, payload) written per `writev` by a document.
-const WRITE_FRAMES_MAX: usize = 64;
-
 struct Chunk {
     bytes: Bytes,
     /// The last chunk of a frame: the wire is at a frame boundary once it is written.
@@ -176,20 +173,18 @@ impl Shared {
         self.state.lock().expect("outbox lock poisoned")
     }
 
-    /// Writes data frames from a document, each `prefix` then a payload: straight to the
-    /// socket when nothing is queued before them (several frames in one `writev`), else into
-    /// the backlog. The prefix is a slice of its own, so a relay frame encoded once serves
-    /// every connection. The frames are accepted or refused together.
-    fn send(&self, prefix: Option<&Bytes>, payloads: &[Bytes]) -> Result<(), SendError> {
-        let empty = Bytes::new();
-        let prefix = prefix.unwrap_or(&empty);
-        let plen = prefix.len();
-        let total: usize = payloads.iter().map(|p| header(self.opcode, plen + p.len()).1 + plen + p.len()).sum();
+    /// Writes a data frame from a document, `prefix` then `payload`: straight to the socket
+    /// when nothing is queued before it, else into the backlog. The prefix is a slice of its
+    /// own in the same `writev`, so a relay frame encoded once serves every connection.
+    fn send(&self, prefix: Option<&Bytes>, payload: Bytes) -> Result<(), SendError> {
+        let plen = prefix.map_or(0, Bytes::len);
+        let (h, hlen) = header(self.opcode, plen + payload.len());
+        let total = hlen + plen + payload.len();
         let mut state = self.lock();
         if state.close.is_some() || state.senders_closed || state.broken {
             return Err(SendError::Closed);
         }
-        METRICS.bytes_sent.fetch_add(payloads.iter().map(|p| (plen + p.len()) as u64).sum(), Relaxed);
+        METRICS.bytes_sent.fetch_add((plen + payload.len()) as u64, Relaxed);
         if !state.backlog.is_empty() {
             if state.backlog_bytes + total > self.queued_bytes_max {
                 let waker = state.request_close(SLOW_CONSUMER);
@@ -197,46 +192,45 @@ impl Shared {
                 wake(waker);
                 return Err(SendError::Overflow);
             }
-            state.queue_frames(self.opcode, prefix, payloads, 0);
+            state.push(Bytes::copy_from_slice(&h[..hlen]), false);
+            if let Some(prefix) = prefix {
+                state.push(prefix.clone(), false);
+            }
+            state.push(payload, true);
             return Ok(());
         }
         let mut cx = Context::from_waker(Waker::noop());
-        let mut done = 0;
-        for group in payloads.chunks(WRITE_FRAMES_MAX) {
-            let mut headers = [([0u8; 10], 0usize); WRITE_FRAMES_MAX];
-            let mut slices = [IoSlice::new(&[]); 3 * WRITE_FRAMES_MAX];
-            let mut group_bytes = 0;
-            for (i, payload) in group.iter().enumerate() {
-                headers[i] = header(self.opcode, plen + payload.len());
-                group_bytes += headers[i].1 + plen + payload.len();
+        let empty = Bytes::new();
+        let prefix = prefix.unwrap_or(&empty);
+        let slices = [IoSlice::new(&h[..hlen]), IoSlice::new(prefix), IoSlice::new(&payload)];
+        let written = match Pin::new(&mut state.io).poll_write_vectored(&mut cx, &slices) {
+            Poll::Ready(Ok(n)) if n == total => return Ok(()),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Pending => 0,
+            Poll::Ready(Err(_)) => {
+                state.broken = true;
+                let waker = state.session.take();
+                drop(state);
+                wake(waker);
+                return Err(SendError::Closed);
             }
-            for (i, payload) in group.iter().enumerate() {
-                slices[3 * i] = IoSlice::new(&headers[i].0[..headers[i].1]);
-                slices[3 * i + 1] = IoSlice::new(prefix);
-                slices[3 * i + 2] = IoSlice::new(payload);
+        };
+        if written < hlen {
+            state.push(Bytes::copy_from_slice(&h[written..hlen]), false);
+            if plen > 0 {
+                state.push(prefix.clone(), false);
             }
-            let written = match Pin::new(&mut state.io).poll_write_vectored(&mut cx, &slices[..3 * group.len()]) {
-                Poll::Ready(Ok(n)) => n,
-                Poll::Pending => 0,
-                Poll::Ready(Err(_)) => {
-                    state.broken = true;
-                    let waker = state.session.take();
-                    drop(state);
-                    wake(waker);
-                    return Err(SendError::Closed);
-                }
-            };
-            if written == group_bytes {
-                done += group.len();
-                continue;
-            }
-            // The kernel took part: the rest waits in the backlog, for the session to write.
-            state.queue_frames(self.opcode, prefix, &payloads[done..], written);
-            let waker = state.session.take();
-            drop(state);
-            wake(waker);
-            return Ok(());
+            state.push(payload, true);
+        } else if written < hlen + plen {
+            state.push(prefix.slice(written - hlen..), false);
+            state.push(payload, true);
+        } else {
+            state.push(payload.slice(written - hlen - plen..), true);
         }
+        state.mid_frame = written > 0;
+        let waker = state.session.take();
+        drop(state);
+        wake(waker);
         Ok(())
     }
 
@@ -250,35 +244,6 @@ impl State {
     fn push(&mut self, bytes: Bytes, frame_end: bool) {
         self.backlog_bytes += bytes.len();
         self.backlog.push_back(Chunk { bytes, frame_end });
-    }
-
-    /// Queues data frames (`prefix` then each payload), less their first `skip` bytes, which
-    /// are already on the wire.
-    fn queue_frames(&mut self, opcode: Opcode, prefix: &Bytes, payloads: &[Bytes], mut skip: usize) {
-        let mut first = self.backlog.is_empty();
-        for payload in payloads {
-            let (h, hlen) = header(opcode, prefix.len() + payload.len());
-            // The header is never empty; an empty prefix or payload is no chunk at all (the
-            // drain must never write zero bytes), so the frame ends with its last part.
-            let parts = [Bytes::copy_from_slice(&h[..hlen]), prefix.clone(), payload.clone()];
-            let last = parts.iter().rposition(|p| !p.is_empty()).expect("a header");
-            let mut on_wire = 0;
-            for (i, part) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    on_wire += part.len();
-                    continue;
-                }
-                on_wire += skip;
-                let rest = part.slice(skip..);
-                skip = 0;
-                if std::mem::take(&mut first) {
-                    // The wire is inside this frame: nothing may come between.
-                    self.mid_frame = on_wire > 0;
-                }
-                self.push(rest, i == last);
-            }
-        }
     }
 
     /// Records a writer's close (the first one wins) and drops the backlog, except the rest
@@ -367,7 +332,7 @@ impl OutboxSender {
     /// Sends `payload` as one data frame. Errors say the connection is closing; the caller
     /// forgets it (the session ends it).
     pub fn send(&self, payload: Bytes) -> Result<(), SendError> {
-        self.shared.send(self.prefix.as_ref(), std::slice::from_ref(&payload))
+        self.shared.send(self.prefix.as_ref(), payload)
     }
 
     /// A further sender to the same connection whose every frame starts with `prefix` (one
@@ -415,13 +380,7 @@ impl crate::ot::presence::Peer for OutboxPeer {
 
 impl OutboxPeer {
     pub fn send(&self, payload: Bytes) -> Result<(), SendError> {
-        self.shared.send(self.prefix.as_ref(), std::slice::from_ref(&payload))
-    }
-
-    /// Sends several data frames, in one `writev` where the socket takes them: a document's
-    /// updates committed in one store batch leave together. All or none are accepted.
-    pub fn send_all(&self, payloads: &[Bytes]) -> Result<(), SendError> {
-        self.shared.send(self.prefix.as_ref(), payloads)
+        self.shared.send(self.prefix.as_ref(), payload)
     }
 
     pub fn close(&self, reason: CloseReason) {
@@ -614,42 +573,6 @@ mod tests {
         assert_eq!(read_frame(&mut peer).await, (0x82, vec![1; 40]));
         assert_eq!(read_frame(&mut peer).await, (0x88, vec![]));
         flush.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn frames_sent_together_arrive_whole_and_in_order() {
-        // More frames than one writev takes, an empty payload among them, a prefix on each,
-        // through a pipe smaller than one frame: every cut lands somewhere inside a frame.
-        let (_socket, outbox, tx, mut peer) = pipe_link(7, 100_000);
-        let doc = tx.prefixed(Bytes::from_static(b"doc"));
-        let payloads: Vec<Bytes> = (0..150).map(|i| payload(i % 20, i as u8)).collect();
-        doc.peer().send_all(&payloads).unwrap();
-        doc.peer().send(payload(3, 200)).unwrap();
-        let reader = tokio::spawn(async move {
-            let mut frames = Vec::new();
-            for _ in 0..151 {
-                frames.push(read_frame(&mut peer).await);
-            }
-            frames
-        });
-        let frames = tokio::select! {
-            next = outbox.next() => panic!("unexpected {next:?}"),
-            frames = reader => frames.unwrap(),
-        };
-        let expected: Vec<(u8, Vec<u8>)> =
-            payloads.iter().chain([payload(3, 200)].iter()).map(|p| (0x82, [&b"doc"[..], p].concat())).collect();
-        assert_eq!(frames, expected);
-    }
-
-    #[test]
-    fn frames_sent_together_are_refused_together_over_the_cap() {
-        let (_socket, outbox, tx, _peer) = pipe_link(4, 60);
-        tx.send(payload(10, 1)).unwrap(); // part of it is queued
-                                          // Each alone would fit (42 bytes on the wire), both together do not.
-        let before = outbox.queued();
-        let frames = vec![payload(40, 2), payload(40, 3)];
-        assert_eq!(tx.peer().send_all(&frames), Err(SendError::Overflow));
-        assert!(outbox.queued() <= before, "nothing of the refused frames was queued");
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ import { yCollab, yUndoManagerKeymap, ySyncAnnotation } from 'y-codemirror.next'
 import { Y, YserveProvider, Presence, OtClient, type Peer } from '../src/index.js'
 import { bindTextarea } from './textarea'
 import { remoteCursors } from './remote-cursors'
-import { prosemirrorPanel, PROSEMIRROR_ROOT, EDITOR_FIELD, EDITOR_NAME } from './prosemirror'
+import { prosemirrorPanel, PROSEMIRROR_ROOT, isPanelState } from './prosemirror'
 
 /** The root `Y.Text` both panels edit: `ydoc.getText(ROOT)`, and OT text id `ROOT`. */
 const ROOT = 'text'
@@ -171,7 +171,7 @@ function peerItem (clientId: number, user: { name: string, color: string }, typi
 // `subscribe` reports the others; this page's own entry comes from its local state. The
 // ProseMirror panels' awareness states (this page's one too) reach the y-websocket provider
 // as well, under their own client ids: a person is listed once, by their page's Yjs client.
-const isPanelPeer = (clientId: number) => provider.awareness.getStates().get(clientId)?.[EDITOR_FIELD] === EDITOR_NAME
+const isPanelPeer = (clientId: number) => isPanelState(provider.awareness.getStates().get(clientId))
 presence.subscribe(ytext, (peers: Peer[]) => {
   const local = provider.awareness.getLocalState()
   const others = peers

@@ -26,8 +26,11 @@ import { Y } from '../src/index.js'
 export const PROSEMIRROR_ROOT = 'prosemirror'
 
 /** The awareness field and value that mark a state as a ProseMirror panel's. */
-export const EDITOR_FIELD = 'editor'
-export const EDITOR_NAME = 'prosemirror'
+const EDITOR_FIELD = 'editor'
+const EDITOR_NAME = 'prosemirror'
+
+/** Whether an awareness state is a ProseMirror panel's (this page's or another's). */
+export const isPanelState = (state: Record<string, unknown> | undefined) => state?.[EDITOR_FIELD] === EDITOR_NAME
 
 export interface ProsemirrorPanelOptions {
   /** `ws(s)://host[/prefix]`: the provider connects to `${serverBase}/api/hocuspocus`. */
@@ -63,7 +66,6 @@ export function prosemirrorPanel (opts: ProsemirrorPanelOptions) {
   setUser(opts.user)
   for (const event of ['status', 'synced', 'unsyncedChanges'] as const) provider.on(event, opts.onChange)
 
-  const isPanelState = (state: Record<string, unknown>) => state[EDITOR_FIELD] === EDITOR_NAME
   const view = new EditorView(opts.parent, {
     state: EditorState.create({
       schema,
@@ -114,7 +116,6 @@ export function prosemirrorPanel (opts: ProsemirrorPanelOptions) {
     view,
     state,
     setUser,
-    isPanelState,
     /** Why the server refused the token (`onAuthenticationFailed`), or `null`. */
     refusal: () => refused,
     // See main.ts's 'offline' listener: an offline browser holds open sockets' frames.

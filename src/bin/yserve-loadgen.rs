@@ -985,7 +985,7 @@ async fn latency_client(
                 if turn.is_none() {
                     break;
                 }
-                let update = edits::insert(me, clock, tracker.end(room), edits::TYPED);
+                let update = edits::insert(me, clock, tracker.end(room));
                 let id = (me, clock);
                 clock += edits::TYPED_LEN;
                 tracker.sent(id, index, room, receivers);
@@ -1043,18 +1043,19 @@ mod edits {
     use yrs::encoding::write::Write;
     use yrs::ClientID;
 
-    /// What each edit types, and its length in Yjs clock units (UTF-16 code units).
+    /// What each edit types, and its length in Yjs clock units (UTF-16 code units; ASCII, so
+    /// its byte length).
     pub const TYPED: &str = "abc";
-    pub const TYPED_LEN: u32 = 3;
+    pub const TYPED_LEN: u32 = TYPED.len() as u32;
 
     /// Item info: the item has a left origin; content kind 4 is a string.
     const HAS_ORIGIN: u8 = 0x80;
     const CONTENT_STRING: u8 = 4;
 
-    /// The v1 update of `client` typing `text` at `clock` into the root text `super::TEXT_NAME`:
-    /// right after the character `after`, or at the start of the text.
-    pub fn insert(client: ClientID, clock: u32, after: Option<(ClientID, u32)>, text: &str) -> Vec<u8> {
-        let mut u = Vec::with_capacity(24 + text.len());
+    /// The v1 update of `client` typing `TYPED` at `clock` into the root text
+    /// `super::TEXT_NAME`: right after the character `after`, or at the start of the text.
+    pub fn insert(client: ClientID, clock: u32, after: Option<(ClientID, u32)>) -> Vec<u8> {
+        let mut u = Vec::with_capacity(24 + TYPED.len());
         u.write_var(1u32); // clients
         u.write_var(1u32); // structs of that client
         u.write_var(client.get());
@@ -1072,7 +1073,7 @@ mod edits {
                 u.write_string(super::TEXT_NAME);
             }
         }
-        u.write_string(text);
+        u.write_string(TYPED);
         u.write_var(0u32); // delete set: no clients
         u
     }
@@ -1668,14 +1669,14 @@ mod tests {
             txn.encode_update_v1()
         };
         let first = typed(&a);
-        assert_eq!(first, edits::insert(a.client_id(), 0, None, edits::TYPED));
+        assert_eq!(first, edits::insert(a.client_id(), 0, None));
         let second = typed(&a);
-        assert_eq!(second, edits::insert(a.client_id(), 3, Some((a.client_id(), 2)), edits::TYPED));
+        assert_eq!(second, edits::insert(a.client_id(), 3, Some((a.client_id(), 2))));
         for u in [&first, &second] {
             b.transact_mut().apply_update(Update::decode_v1(u).unwrap()).unwrap();
         }
         let third = typed(&b);
-        assert_eq!(third, edits::insert(b.client_id(), 0, Some((a.client_id(), 5)), edits::TYPED));
+        assert_eq!(third, edits::insert(b.client_id(), 0, Some((a.client_id(), 5))));
         a.transact_mut().apply_update(Update::decode_v1(&third).unwrap()).unwrap();
         assert_eq!(a.get_or_insert_text(TEXT_NAME).get_string(&a.transact()), "abcabcabc");
 
